@@ -1,0 +1,155 @@
+"""Compute paths of :class:`~redr.sparse.layer.SparseLinear`.
+
+All three products of a linear layer are written in the *feature-major* layout, where a batch of
+activations is stored transposed, ``(features, batch)``, so that every active weight touches one
+contiguous row of ``batch`` numbers:
+
+* forward        ``yT[i, :] = b[i] + sum_{(i,j) active} w_ij * xT[j, :]``   (CSR SpMM)
+* grad input     ``gxT[j, :] = sum_{(i,j) active} w_ij * gT[i, :]``        (SpMM with the transposed CSR)
+* grad values    ``gw_ij = <gT[i, :], xT[j, :]>`` for active ``(i, j)`` only (SDDMM)
+
+The output ``yT.t()`` is a transposed *view*, so the next sparse layer gets its ``xT`` for free and
+elementwise activations in between keep the layout; only the first layer's input is transposed.
+
+Three backends compute the same function:
+
+* ``numba``: hand-written parallel CPU kernels (the CPU default; fastest measured here);
+* ``torch``: torch's CSR ops (cuSPARSE on CUDA, MKL on the CPU); the CUDA default;
+* ``dense``: scatter the values into a dense matrix and use BLAS, for layers so small that sparse
+  bookkeeping costs more than the arithmetic it saves (autograd differentiates the scatter).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+# torch warns once per process that its CSR support is "beta"; we test the ops we use against dense math.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+try:  # numba is a dependency, but a user's exotic platform may lack it: fall back to torch ops.
+    import numba
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    HAVE_NUMBA = False
+
+BACKENDS = ("auto", "numba", "torch", "dense")
+
+#: Layers with at most this many dense positions use the dense backend under ``auto`` on the CPU.
+#: Chosen from ``benchmarks/layer.py`` on a 2-core CPU (see benchmarks/RESULTS.md).
+DENSE_MAX_POSITIONS = 16 * 1024
+
+
+if HAVE_NUMBA:
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _spmm_numba(crow, col, vals, xT, out):  # pragma: no cover - compiled
+        """``out[i, :] = sum_k vals[k] * xT[col[k], :]`` over row ``i``'s entries (out pre-filled)."""
+        rows = crow.shape[0] - 1
+        width = xT.shape[1]
+        for i in prange(rows):
+            acc = out[i, :].copy()
+            for k in range(crow[i], crow[i + 1]):
+                w = vals[k]
+                src = xT[col[k]]
+                for b in range(width):
+                    acc[b] += w * src[b]
+            out[i, :] = acc
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _sddmm_numba(crow, col, gT, xT, out):  # pragma: no cover - compiled
+        """``out[k] = <gT[i, :], xT[col[k], :]>`` for every entry ``k`` of row ``i``."""
+        rows = crow.shape[0] - 1
+        width = xT.shape[1]
+        for i in prange(rows):
+            g = gT[i]
+            for k in range(crow[i], crow[i + 1]):
+                src = xT[col[k]]
+                s = numba.float32(0.0)
+                for b in range(width):
+                    s += g[b] * src[b]
+                out[k] = s
+
+
+def _np(t: torch.Tensor):
+    return t.detach().numpy()
+
+
+def spmm(crow, col, vals, xT, shape, bias=None, backend="numba"):
+    """``W @ xT (+ bias[:, None])`` for the CSR matrix ``W`` of ``shape`` with values ``vals``."""
+    rows = shape[0]
+    if backend == "numba" and vals.dtype == torch.float32:
+        out = xT.new_zeros(rows, xT.shape[1])  # a fresh buffer: expand().contiguous() may alias the bias
+        if bias is not None:
+            out += bias[:, None]
+        _spmm_numba(_np(crow), _np(col), _np(vals), _np(xT), _np(out))
+        return out
+    csr = torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
+    out = torch.mm(csr, xT)
+    if bias is not None:
+        out += bias[:, None]
+    return out
+
+
+def sddmm(crow, col, gT, xT, shape, backend="numba"):
+    """Entries of ``gT @ xT.T`` at the active positions of the CSR pattern, in CSR order."""
+    if backend == "numba" and gT.dtype == torch.float32:
+        out = gT.new_empty(col.shape[0])
+        _sddmm_numba(_np(crow), _np(col), _np(gT), _np(xT), _np(out))
+        return out
+    pattern = torch.sparse_csr_tensor(crow, col, gT.new_zeros(col.shape[0]), shape, check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, gT, xT.t(), beta=0.0).values()
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    """``y = x @ W.T + b`` for a CSR weight; backward returns grads of ``x``, of the values only, and of ``b``.
+
+    ``layout`` is the layer's :class:`~redr.sparse.layer.CSRLayout` (index tensors, not differentiated).
+    """
+
+    @staticmethod
+    def forward(ctx, x, values, bias, layout, backend):
+        xT = x.t().contiguous()  # free when x is itself a transposed view (any layer after the first)
+        yT = spmm(layout.crow, layout.col, values, xT, layout.shape, bias, backend)
+        ctx.save_for_backward(xT, values)
+        ctx.layout, ctx.backend, ctx.has_bias = layout, backend, bias is not None
+        return yT.t()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xT, values = ctx.saved_tensors
+        layout, backend = ctx.layout, ctx.backend
+        gT = grad_out.t().contiguous()
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            out_f, in_f = layout.shape
+            grad_x = spmm(layout.crow_t, layout.row_t, values[layout.perm_t], gT, (in_f, out_f), None, backend).t()
+        if ctx.needs_input_grad[1]:
+            grad_values = sddmm(layout.crow, layout.col, gT, xT, layout.shape, backend)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = gT.sum(1)
+        return grad_x, grad_values, grad_bias, None, None
+
+
+def dense_forward(x, values, bias, layout):
+    """Scatter the values into a dense matrix (differentiably) and call BLAS: for tiny layers."""
+    out_f, in_f = layout.shape
+    weight = values.new_zeros(out_f * in_f).index_put((layout.flat_positions(),), values).view(out_f, in_f)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def choose_backend(requested: str, device: torch.device, positions: int) -> str:
+    """Resolve ``auto``: torch ops on accelerators, dense math for tiny CPU layers, numba otherwise."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown sparse backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "numba" and (device.type != "cpu" or not HAVE_NUMBA):
+        raise ValueError("the numba backend runs on the CPU only and needs numba installed; use backend='torch'")
+    if requested != "auto":
+        return requested
+    if device.type != "cpu":
+        return "torch"
+    if positions <= DENSE_MAX_POSITIONS:
+        return "dense"
+    return "numba" if HAVE_NUMBA else "torch"

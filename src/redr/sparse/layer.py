@@ -1,0 +1,184 @@
+"""``SparseLinear``: a linear layer that stores and computes only its active weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from redr.sparse import kernels
+from redr.sparse.init import fan_in_for_density, paper_bounds, partitioned_topology, uniform_
+from redr.sparse.layout import CSRLayout
+from redr.sparse.optim_state import remap_optimizer_state
+
+
+class TopologyError(ValueError):
+    """A topology change that would corrupt the layer (duplicate, already active, out of range)."""
+
+
+@dataclass
+class TopologyChange:
+    """What one :meth:`SparseLinear.change_topology` did, in terms of ``values`` positions.
+
+    ``kept_old[i]`` moved to ``kept_new[i]``; ``added_new`` are the positions of the new (zero) weights.
+    """
+
+    old_nnz: int
+    new_nnz: int
+    kept_old: torch.Tensor
+    kept_new: torch.Tensor
+    added_new: torch.Tensor
+
+
+class SparseLinear(nn.Module):
+    """``y = x @ W.T + b`` with ``W`` held as ``values`` at ``indices`` only (no dense weight or mask).
+
+    Args:
+        in_features, out_features: the dense shape ``W`` would have.
+        density: fraction of active weights; each output neuron gets ``round(density * in_features)``
+            inputs (at least one), placed by :func:`~redr.sparse.init.partitioned_topology`.
+        bias: learn a dense bias.
+        generator: the source of every random choice (topology and values), for reproducibility.
+        backend: ``auto`` (default), ``numba``, ``torch`` or ``dense``; see :mod:`redr.sparse.kernels`.
+
+    Values start uniform in ``+-1/n`` and the bias in ``+-1/sqrt(n)``, ``n`` being the neuron's active
+    fan-in (the paper's ``k_i`` read as the active fan-in).
+    """
+
+    def __init__(self, in_features: int, out_features: int, density: float, bias: bool = True,
+                 generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"layer sizes must be positive, got in={in_features}, out={out_features}")
+        if backend not in kernels.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(kernels.BACKENDS)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.backend = backend
+        fan_in = fan_in_for_density(in_features, density)
+        rows, cols = partitioned_topology(out_features, in_features, fan_in, generator)
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        w_bound, b_bound = paper_bounds(fan_in)
+        self.values = nn.Parameter(uniform_(torch.empty(rows.numel(), **factory), w_bound, generator))
+        self.bias = nn.Parameter(uniform_(torch.empty(out_features, **factory), b_bound, generator)) if bias else None
+        self._set_layout(CSRLayout.from_sorted_coo(rows, cols, (out_features, in_features)).to(self.values.device))
+
+    # ----------------------------------------------------------------- structure
+    def _set_layout(self, layout: CSRLayout) -> None:
+        self.register_buffer("crow", layout.crow)
+        self.register_buffer("col", layout.col)
+        self.register_buffer("crow_t", layout.crow_t, persistent=False)
+        self.register_buffer("row_t", layout.row_t, persistent=False)
+        self.register_buffer("perm_t", layout.perm_t, persistent=False)
+
+    @property
+    def layout(self) -> CSRLayout:
+        return CSRLayout((self.out_features, self.in_features), self.crow, self.col, self.crow_t, self.row_t, self.perm_t)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.in_features * self.out_features)
+
+    @property
+    def indices(self) -> torch.Tensor:
+        """``(2, nnz)`` int64: (row = output neuron, col = input feature) of each entry of ``values``."""
+        layout = self.layout
+        return torch.stack([layout.rows(), self.col.long()])
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``(out_features, in_features)`` weight matrix, zeros at inactive positions."""
+        dense = self.values.new_zeros(self.out_features * self.in_features)
+        dense[self.layout.keys()] = self.values.detach()
+        return dense.view(self.out_features, self.in_features)
+
+    def resolved_backend(self) -> str:
+        return kernels.choose_backend(self.backend, self.values.device, self.in_features * self.out_features)
+
+    # ----------------------------------------------------------------- compute
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input with {self.in_features} features, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        backend = self.resolved_backend()
+        if backend == "dense":
+            y = kernels.dense_forward(x2, self.values, self.bias, self.layout)
+        else:
+            y = kernels.SparseLinearFunction.apply(x2, self.values, self.bias, self.layout, backend)
+        return y.reshape(*lead, self.out_features)
+
+    # ----------------------------------------------------------------- topology change
+    @torch.no_grad()
+    def change_topology(self, remove: torch.Tensor, add: torch.Tensor,
+                        optimizers: Iterable[torch.optim.Optimizer] = ()) -> TopologyChange:
+        """Remove the weights at ``values`` positions ``remove`` and activate ``(row, col)`` positions ``add``.
+
+        Kept weights keep their values, new weights start at exactly 0, and for every optimizer every
+        per-parameter state tensor shaped like ``values`` (Adam's moments, SGD momentum, ...) follows:
+        gathered for kept weights, zero for new ones. ``add`` must not contain duplicates nor positions
+        that are active now (also not ones removed in this same call: removed and grown sets are disjoint,
+        so a weight removed now cannot regrow in the same step). The nnz may change.
+        """
+        device = self.values.device
+        remove = torch.as_tensor(remove, dtype=torch.int64, device=device).reshape(-1)
+        add = torch.as_tensor(add, dtype=torch.int64, device=device).reshape(2, -1)
+        old_nnz = self.nnz
+        if remove.numel() and (remove.min() < 0 or remove.max() >= old_nnz):
+            raise TopologyError(f"removal index out of range [0, {old_nnz}): min {remove.min().item()}, max {remove.max().item()}")
+        keep = torch.ones(old_nnz, dtype=torch.bool, device=device)
+        keep[remove] = False
+        if int(keep.sum()) != old_nnz - remove.numel():
+            raise TopologyError("removal indices contain duplicates")
+        rows, cols = add[0], add[1]
+        if rows.numel() and (rows.min() < 0 or rows.max() >= self.out_features or cols.min() < 0 or cols.max() >= self.in_features):
+            raise TopologyError(f"added position out of range for a {self.out_features}x{self.in_features} layer")
+        old_keys = self.layout.keys()
+        new_keys, _ = torch.sort(rows * self.in_features + cols)
+        if new_keys.numel() > 1 and bool((new_keys[1:] == new_keys[:-1]).any()):
+            raise TopologyError("added positions contain duplicates")
+        hit = torch.searchsorted(old_keys, new_keys).clamp(max=max(old_nnz - 1, 0))
+        if old_nnz and bool((old_keys[hit] == new_keys).any()):
+            raise TopologyError("an added position is already active (removed and grown sets must be disjoint)")
+
+        kept_old = keep.nonzero().squeeze(1)
+        kept_keys = old_keys[kept_old]
+        # merge two sorted lists: each element's final slot = own rank + rank among the other list
+        kept_new = torch.arange(kept_keys.numel(), device=device) + torch.searchsorted(new_keys, kept_keys)
+        added_new = torch.arange(new_keys.numel(), device=device) + torch.searchsorted(kept_keys, new_keys)
+        new_nnz = kept_keys.numel() + new_keys.numel()
+        merged = torch.empty(new_nnz, dtype=torch.int64, device=device)
+        merged[kept_new], merged[added_new] = kept_keys, new_keys
+
+        change = TopologyChange(old_nnz, new_nnz, kept_old, kept_new, added_new)
+        for opt in optimizers:
+            remap_optimizer_state(opt, self.values, change)
+        new_values = self.values.new_zeros(new_nnz)
+        new_values[kept_new] = self.values[kept_old]
+        self.values.grad = None
+        self.values.data = new_values
+        self._set_layout(CSRLayout.from_sorted_coo(merged // self.in_features, merged % self.in_features,
+                                                   (self.out_features, self.in_features)))
+        return change
+
+    # ----------------------------------------------------------------- state dict
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        """Accept a different nnz (topologies change during training) and rebuild the transposed structure."""
+        from redr.sparse.validate import validate_csr
+
+        crow, col, values = (state_dict.get(prefix + k) for k in ("crow", "col", "values"))
+        if crow is not None and col is not None and values is not None:
+            validate_csr(crow, col, values, (self.out_features, self.in_features), name=prefix.rstrip(".") or "layer")
+            self.values.data = self.values.new_empty(values.shape)
+            self.crow = self.crow.new_empty(crow.shape, dtype=crow.dtype)
+            self.col = self.col.new_empty(col.shape, dtype=col.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        layout = self.layout
+        self._set_layout(CSRLayout.from_sorted_coo(layout.rows(), self.col.long(), layout.shape))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+                f"density={self.density:.4f}, bias={self.bias is not None}, backend={self.backend}")
