@@ -1,0 +1,88 @@
+"""A redistribution plan and the one function that applies it (every algorithm goes through here).
+
+An algorithm only decides *what* to remove and *where* to grow; :func:`apply_plan` does the rest for
+all of them: the optional update of kept weights (Woodfisher's optimal update), the topology change
+with the optimizer state following, and the invariant checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from redr.sparse.layer import SparseLinear, TopologyChange
+
+
+class InvariantError(AssertionError):
+    """A redistribution broke an invariant; this is a bug in an algorithm or in the mechanism."""
+
+
+@dataclass
+class LayerPlan:
+    """What happens to one layer.
+
+    remove: positions into ``values`` to deactivate (int64, 1-D).
+    grow: ``(2, k)`` int64 ``(row, col)`` positions to activate; must be inactive *before* the step.
+    value_update: optional ``delta`` added to ``values`` before removal (second-order algorithms).
+    """
+
+    remove: torch.Tensor
+    grow: torch.Tensor
+    value_update: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, device=None) -> "LayerPlan":
+        return cls(torch.empty(0, dtype=torch.int64, device=device), torch.empty(2, 0, dtype=torch.int64, device=device))
+
+
+@dataclass
+class RedistributionPlan:
+    layers: list[LayerPlan]
+    info: dict = field(default_factory=dict)  # algorithm-specific numbers worth logging
+
+
+def keys_to_positions(keys: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Flat keys ``row * in_features + col`` to a ``(2, k)`` (row, col) tensor."""
+    return torch.stack([keys // in_features, keys % in_features])
+
+
+@torch.no_grad()
+def apply_plan(layers: Sequence[SparseLinear], plan: RedistributionPlan, optimizers: Sequence[torch.optim.Optimizer] = (),
+               check: bool = True) -> list[TopologyChange]:
+    if len(plan.layers) != len(layers):
+        raise InvariantError(f"plan has {len(plan.layers)} layer entries for {len(layers)} sparse layers")
+    changes = []
+    for layer, lp in zip(layers, plan.layers):
+        if lp.value_update is not None:
+            layer.values.add_(lp.value_update.to(layer.values.dtype))
+        old_keys = layer.layout.keys() if check else None
+        change = layer.change_topology(lp.remove, lp.grow, optimizers)
+        if check:
+            check_invariants(layer, change, lp, old_keys, optimizers)
+        changes.append(change)
+    return changes
+
+
+def check_invariants(layer: SparseLinear, change: TopologyChange, lp: LayerPlan, old_keys: torch.Tensor,
+                     optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+    """nnz as planned, no duplicates, removed and grown sets disjoint, new weights and moments zero."""
+    expected = change.old_nnz - lp.remove.numel() + lp.grow.shape[1]
+    if layer.nnz != expected or change.new_nnz != expected:
+        raise InvariantError(f"nnz {layer.nnz} after the step, planned {expected}")
+    keys = layer.layout.keys()
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        raise InvariantError("duplicate or unsorted indices after the step")
+    grown = lp.grow[0] * layer.in_features + lp.grow[1]
+    removed = old_keys[lp.remove]
+    if bool(torch.isin(grown, removed).any()) or bool(torch.isin(grown, old_keys).any()):
+        raise InvariantError("a grown position was active before the step (removed and grown sets must be disjoint)")
+    if bool(torch.isin(removed, keys).any()):
+        raise InvariantError("a removed position is still active")
+    if change.added_new.numel():
+        if bool((layer.values[change.added_new] != 0).any()):
+            raise InvariantError("a new weight does not start at 0")
+        for opt in optimizers:
+            for name, state in opt.state.get(layer.values, {}).items():
+                if torch.is_tensor(state) and state.shape == layer.values.shape and bool((state[change.added_new] != 0).any()):
+                    raise InvariantError(f"optimizer state {name!r} is not reset for new weights")
