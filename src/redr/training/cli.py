@@ -1,0 +1,121 @@
+"""``redr train``: train one network (sparse with redistribution, or a dense baseline)."""
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+
+from redr.errors import UsageError
+from redr.training.config import PRESETS, RunConfig
+
+#: CLI flag -> algorithm option (only the algorithms that take an option accept it)
+ALGORITHM_FLAGS = {"block_size": int, "dampening": float, "tile_rows": int, "neuron_fraction": float,
+                   "min_weights_per_layer": int}
+AUGMENT_FLAGS = {"aug_degrees": ("degrees", float), "aug_translate": ("translate", float),
+                 "aug_scale": ("scale", float), "aug_shear": ("shear", float)}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    return value
+
+
+def add_parser(subparsers) -> None:
+    from redr.redistribution.registry import ALGORITHMS
+
+    p = subparsers.add_parser("train", help="train a sparse network with redistribution (or a dense baseline)",
+                              description="Train one network. Options left out come from the preset "
+                                          "(by default the preset named like --dataset).",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--dataset", choices=["kmnist", "fashion-mnist", "higgs", "synthetic"], help="dataset (default: the preset's)")
+    a("--preset", choices=list(PRESETS), help="the paper's setup to start from (default: named like --dataset, "
+                                                 "else fashion-mnist)")
+    a("--model", choices=["sparse", "dense-neuron", "dense-param"], help="sparse, or a dense baseline (default sparse)")
+    a("--algorithm", help=f"redistribution algorithm: {', '.join(ALGORITHMS)} (default random; none for dense)")
+    a("--density", type=float, help="fraction of active weights per sparse layer (default 0.1)")
+    a("--epochs", type=_positive_int, help="training epochs")
+    a("--batch-size", type=_positive_int, help="minibatch size")
+    a("--lr", type=float, help="Adam learning rate")
+    a("--hidden", type=_positive_int, nargs="+", help="hidden layer sizes, e.g. --hidden 256 256")
+    a("--dense-last", action=argparse.BooleanOptionalAction, default=None, help="keep the output layer dense")
+    a("--redistribute-every", type=_positive_int, help="epochs between redistributions, t (default 1)")
+    a("--alpha0", type=float, help="initial fraction of weights moved (default 0.5)")
+    a("--end-fraction", type=float, help="fraction of the epochs after which redistribution stops (default 0.75)")
+    a("--redistribution-batches", type=_positive_int, help="training minibatches given to gradient-based growth (default 1)")
+    a("--induced-loss-rows", type=_positive_int, help="training rows on which the loss before/after redistribution "
+                                                     "is measured (default 4096)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=None, help="random affine augmentation (images)")
+    for flag, (name, _) in AUGMENT_FLAGS.items():
+        a("--" + flag.replace("_", "-"), type=float, nargs="+", dest=flag, help=f"augmentation {name} (see RandomAffine)")
+    a("--train-rows", type=_positive_int, help="training rows used (HIGGS default 500000; images: all)")
+    a("--test-rows", type=_positive_int, help="test/validation rows used (HIGGS default 100000; images: all)")
+    for flag, kind in ALGORITHM_FLAGS.items():
+        a("--" + flag.replace("_", "-"), type=kind, dest=flag, help="algorithm option (only algorithms that take it)")
+    a("--seed", type=_positive_int, help="seed of every random choice (default 0)")
+    a("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    a("--backend", choices=["auto", "numba", "torch", "dense"], help="sparse kernels (default auto)")
+    a("--data-dir", help="data directory (default $REDR_DATA_DIR, else ~/.cache/redr)")
+    a("--no-download", action="store_true", help="never download; fail if files are missing")
+    a("--on-nonfinite", choices=["stop", "skip-batch"], help="what a NaN/inf loss does (default stop)")
+    a("--out", help="output directory (default runs/<dataset>-<model>-<algorithm>-d<density>-s<seed>-<time>)")
+    a("--overwrite", action="store_true", help="replace a run already in --out")
+    a("--resume", metavar="DIR", help="continue the run saved in DIR (same options, or none)")
+    a("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def options_from_args(args: argparse.Namespace) -> dict:
+    """The options the user gave explicitly (None = not given), in RunConfig's names."""
+    plain = ("dataset", "preset", "model", "algorithm", "density", "epochs", "batch_size", "lr", "hidden", "dense_last",
+             "redistribute_every", "alpha0", "end_fraction", "redistribution_batches", "induced_loss_rows", "augment",
+             "train_rows", "test_rows", "seed", "device", "backend", "data_dir", "on_nonfinite")
+    given = {k: getattr(args, k) for k in plain if getattr(args, k) is not None}
+    if args.no_download:
+        given["download"] = False
+    algo = {k: getattr(args, k) for k in ALGORITHM_FLAGS if getattr(args, k) is not None}
+    if algo:
+        given["algorithm_options"] = algo
+    aug = {}
+    for flag, (name, _) in AUGMENT_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            aug[name] = value[0] if len(value) == 1 else tuple(value)
+    if aug:
+        given["augment_options"] = aug
+    return given
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import sys
+
+    from redr.training.trainer import CONFIG_FILE, train
+
+    given = options_from_args(args)
+    if args.resume:
+        if args.out and Path(args.out) != Path(args.resume):
+            raise UsageError("give either --resume DIR or --out DIR, not two different directories")
+        out = Path(args.resume)
+        try:
+            saved = json.loads((out / CONFIG_FILE).read_text())["config"]
+        except FileNotFoundError:
+            raise UsageError(f"--resume {out}: no {CONFIG_FILE} there (not a redr run directory)") from None
+        except (ValueError, KeyError) as exc:
+            raise UsageError(f"--resume {out}: {CONFIG_FILE} is unreadable ({exc})") from None
+        config = RunConfig.from_dict({**saved, **given})
+        config.validate()
+    else:
+        config = RunConfig.from_options(**given)
+        out = Path(args.out) if args.out else Path("runs") / (
+            f"{config.dataset}-{config.model}-{config.algorithm}-d{config.density}-s{config.seed}-"
+            f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    trainer = train(config, out, overwrite=args.overwrite, resume=bool(args.resume), progress=not args.no_progress,
+                    command=["redr", *sys.argv[1:]])
+    last = trainer.metrics[-1] if trainer.metrics else None
+    if last is not None:
+        print(f"done: {out}  final test_acc {last['test_acc']:.4f}  (metrics.csv, config.json)")
+    return 0
