@@ -1,6 +1,8 @@
 """The real offline copies (../shared/data or $REDR_DATA_DIR): Fashion-MNIST, HIGGS, the partial KMNIST."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ def test_fashion_mnist(shared_data_dir):
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
     assert torch.bincount(ds.test_y).tolist() == [1000] * 10
     assert all(f["checksum"].startswith("ok") for f in ds.info["files"].values())
+    assert json.loads(json.dumps(ds.info)) == ds.info  # goes into the run's config.json
     assert snapshot(shared_data_dir) == before  # nothing written into the data dir
 
 
@@ -36,6 +39,7 @@ def test_higgs(shared_data_dir):
     theirs = np.c_[ref["y"].astype(np.float32), ref["X"][:, :21]]
     assert np.array_equal(ours[np.lexsort(ours.T[::-1])], theirs[np.lexsort(theirs.T[::-1])])
     assert ds.info["files"]["HIGGS.csv.gz"]["md5"] == "4e54b5909ab7c7302f838118edd92d5b"
+    assert json.loads(json.dumps(ds.info)) == ds.info
     assert snapshot(shared_data_dir) == before
 
 

@@ -1,8 +1,12 @@
-"""``redr data download|verify --dataset NAME [--data-dir D]``."""
+"""``redr data download|verify --dataset NAME [--data-dir D]``.
+
+``verify`` never downloads: it reads every file, prints what it found and exits 1 listing what is missing or
+wrong. ``download`` fetches the missing files (from ``$REDR_DATA_BASE_URL`` if set, a mirror laid out like the
+data dir), verifies them, prepares the HIGGS cache, and prints the same report.
+"""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from redr.data.dataset import locate
@@ -24,27 +28,22 @@ def add_parser(subparsers) -> None:
         sub.add_argument("--dataset", required=True, choices=list(DATASETS), help="which dataset")
         sub.add_argument("--data-dir", default=None,
                          help=f"data directory (default: ${DATA_DIR_ENV}, else ~/.cache/redr)")
-    down.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bars")
     down.set_defaults(func=_download)
     check.set_defaults(func=_verify)
 
 
-def _report(args: argparse.Namespace) -> int:
-    ok, lines = verify_dataset(args.dataset, args.data_dir)
+def _verify(args: argparse.Namespace) -> int:
+    ok, lines = verify_dataset(args.dataset, args.data_dir, progress=not args.no_progress)
     print("\n".join(lines))
     if not ok:
         print(f"error: {args.dataset}: problems found (listed above)", file=sys.stderr)
     return 0 if ok else 1
 
 
-def _verify(args: argparse.Namespace) -> int:
-    return _report(args)
-
-
 def _download(args: argparse.Namespace) -> int:
     spec = get_spec(args.dataset)
     folder, _ = locate(spec, args.data_dir)
-    got = ensure_files(spec, folder, download=True, base_url=os.environ.get(BASE_URL_ENV) or None,
-                       progress=not args.no_progress)
+    got = ensure_files(spec, folder, download=True, progress=not args.no_progress)  # mirror: $REDR_DATA_BASE_URL
     print(f"downloaded {len(got)} file(s) into {folder}" if got else f"all files already present in {folder}")
-    return _report(args)
+    return _verify(args)

@@ -26,7 +26,7 @@ def _classes(labels: np.ndarray, num_classes: int) -> str:
     return f"{num_classes} classes: " + ", ".join(f"{c}:{n:,}" for c, n in enumerate(counts))
 
 
-def _image_report(spec: DatasetSpec, folder: Path, lines: List[str], problems: List[str]) -> None:
+def _image_report(spec: DatasetSpec, folder: Path, lines: List[str], problems: List[str], progress: bool) -> None:
     arrays = {}
     for f in spec.files:
         path = folder / f.name
@@ -62,7 +62,7 @@ def _image_report(spec: DatasetSpec, folder: Path, lines: List[str], problems: L
         lines.append(f"  {split} split: {len(imgs):,} rows, {_classes(labs, spec.num_classes)}")
 
 
-def _higgs_report(spec: DatasetSpec, folder: Path, lines: List[str], problems: List[str]) -> None:
+def _higgs_report(spec: DatasetSpec, folder: Path, lines: List[str], problems: List[str], progress: bool) -> None:
     f = spec.files[0]
     path = folder / f.name
     if not path.is_file():
@@ -70,7 +70,7 @@ def _higgs_report(spec: DatasetSpec, folder: Path, lines: List[str], problems: L
         problems.append(f"missing {path}")
         return
     try:
-        cache, meta, converted = higgs.ensure_cache(path, resolve_cache_dir(), progress=True)
+        cache, meta, converted = higgs.ensure_cache(path, resolve_cache_dir(), progress=progress)
     except DataError as exc:
         lines.append(f"  {f.name:<16} BAD: {exc}")
         problems.append(str(exc))
@@ -96,13 +96,16 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def verify_dataset(name: str, data_dir=None) -> Tuple[bool, List[str]]:
-    """Check every file of a dataset without downloading. Returns (all good, report lines)."""
+def verify_dataset(name: str, data_dir=None, progress: bool = True) -> Tuple[bool, List[str]]:
+    """Check every file of a dataset without downloading. Returns (all good, report lines).
+
+    For HIGGS this builds the binary cache if needed: converting is what reads (and so checks) every row.
+    """
     spec = get_spec(name)
     folder, origin = locate(spec, data_dir)
     lines = [f"{spec.name} ({spec.title}) in {folder}  [{origin}]"]
     problems: List[str] = []
-    (_image_report if spec.kind == "images" else _higgs_report)(spec, folder, lines, problems)
+    (_image_report if spec.kind == "images" else _higgs_report)(spec, folder, lines, problems, progress)
     if problems:
         lines.append(f"PROBLEMS ({len(problems)}):")
         lines.extend(f"  - {p}" for p in problems)
