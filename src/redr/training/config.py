@@ -35,7 +35,7 @@ ALGORITHM_OPTION_NAMES = ("block_size", "dampening", "tile_rows", "neuron_fracti
 
 @dataclass
 class RunConfig:
-    preset: str = "fashion-mnist"
+    preset: str = "kmnist"
     dataset: Optional[str] = None
     model: str = "sparse"
     algorithm: str = "random"
