@@ -87,10 +87,15 @@ def test_translation_moves_the_centre_of_mass_by_the_drawn_shift():
 
 def test_parameters_are_validated():
     for kwargs, match in [({"degrees": -1}, "degrees"), ({"translate": 2.0}, "translate"),
-                          ({"scale": (1.2, 1.0)}, "scale"), ({"shear": (1, 2, 3)}, "shear")]:
+                          ({"scale": (1.2, 1.0)}, "scale"), ({"shear": (1, 2, 3)}, "shear"),
+                          ({"scale": 1.0}, r"scale must be \(min, max\)"), ({"degrees": (1, 2, 3)}, "degrees"),
+                          ({"translate": (0.1, 0.1, 0.1)}, "translate"), ({"degrees": "x"}, "degrees")]:
         with pytest.raises(UsageError, match=match):
             RandomAffine(**kwargs)
     assert "degrees=(-10.0, 10.0)" in repr(RandomAffine())
+    # the forms a command line gives (single numbers, lists)
+    aug = RandomAffine(degrees=15.0, translate=0.05, scale=[0.8, 1.2], shear=[-3, 3, -2, 2])
+    assert (aug.degrees, aug.translate, aug.scale, aug.shear) == ((-15, 15), (0.05, 0.05), (0.8, 1.2), (-3, 3, -2, 2))
 
 
 def test_mild_on_real_images(shared_data_dir):

@@ -116,6 +116,14 @@ def test_broken_connection_keeps_part_and_resumes_with_range(server, tmp_path):
     assert dest.read_bytes() == data and not part_path(dest).exists()
 
 
+def test_an_error_page_is_not_accepted_without_a_checksum(server, tmp_path):
+    (server.root / "HIGGS.csv.gz").write_text("<html>Service unavailable</html>")
+    dest = tmp_path / "d" / "HIGGS.csv.gz"
+    with pytest.raises(DataError, match="did not send a gzip file"):
+        download_file([f"{server.url}/HIGGS.csv.gz"], dest, md5=None, progress=False)
+    assert list(dest.parent.iterdir()) == []
+
+
 def test_falls_back_to_the_next_url(server, tmp_path):
     data, md5 = payload(server, size=1000)
     dest = tmp_path / "blob.bin"

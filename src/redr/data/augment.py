@@ -19,16 +19,25 @@ from redr.errors import UsageError
 Range = Union[float, Sequence[float]]
 
 
+def _numbers(value, name: str, counts: Tuple[int, ...]) -> Tuple[float, ...]:
+    """``value`` as a tuple of floats of one of the allowed lengths (a bare number has length 1)."""
+    items = (value,) if isinstance(value, (int, float)) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if items is None or len(items) not in counts or not all(isinstance(v, (int, float)) for v in items):
+        allowed = " or ".join({1: "a number", 2: "(min, max)", 4: "(xmin, xmax, ymin, ymax)"}[c] for c in counts)
+        raise UsageError(f"{name} must be {allowed}, got {value!r}")
+    return tuple(float(v) for v in items)
+
+
 def _symmetric(value: Range, name: str) -> Tuple[float, float]:
     """``d`` -> (-d, d); ``(lo, hi)`` as given."""
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise UsageError(f"{name} must be >= 0, got {value}")
-        return (-float(value), float(value))
-    lo, hi = (float(v) for v in value)
-    if lo > hi:
-        raise UsageError(f"{name} range must be (min, max), got {tuple(value)}")
-    return lo, hi
+    items = _numbers(value, name, (1, 2))
+    if len(items) == 1:
+        if items[0] < 0:
+            raise UsageError(f"{name} must be >= 0, got {items[0]}")
+        return (-items[0], items[0])
+    if items[0] > items[1]:
+        raise UsageError(f"{name} range must be (min, max), got {value!r}")
+    return items
 
 
 class RandomAffine:
@@ -49,20 +58,20 @@ class RandomAffine:
         fill: float = 0.0,
     ):
         self.degrees = _symmetric(degrees, "degrees")
-        tx, ty = (translate, translate) if isinstance(translate, (int, float)) else translate
+        moves = _numbers(translate, "translate", (1, 2))
+        tx, ty = moves * 2 if len(moves) == 1 else moves
         if not (0 <= tx <= 1 and 0 <= ty <= 1):
-            raise UsageError(f"translate fractions must be in [0, 1], got {translate}")
-        self.translate = (float(tx), float(ty))
-        lo, hi = (float(s) for s in scale)
+            raise UsageError(f"translate fractions must be in [0, 1], got {translate!r}")
+        self.translate = (tx, ty)
+        lo, hi = _numbers(scale, "scale", (2,))
         if not 0 < lo <= hi:
-            raise UsageError(f"scale must be (min, max) with 0 < min <= max, got {scale}")
+            raise UsageError(f"scale must be (min, max) with 0 < min <= max, got {scale!r}")
         self.scale = (lo, hi)
-        if isinstance(shear, (int, float)) or len(shear) == 2:
-            self.shear = _symmetric(shear, "shear") + (0.0, 0.0)
-        elif len(shear) == 4:
-            self.shear = _symmetric(shear[:2], "shear x") + _symmetric(shear[2:], "shear y")
+        shears = _numbers(shear, "shear", (1, 2, 4))
+        if len(shears) == 4:
+            self.shear = _symmetric(shears[:2], "shear x") + _symmetric(shears[2:], "shear y")
         else:
-            raise UsageError(f"shear must be a number, (min, max) or (xmin, xmax, ymin, ymax), got {shear}")
+            self.shear = _symmetric(shears, "shear") + (0.0, 0.0)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.fill = float(fill)
 

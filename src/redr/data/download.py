@@ -65,6 +65,10 @@ def _fetch(url: str, part: Path, progress: bool, desc: str) -> None:
         resumed = start > 0 and getattr(response, "status", 200) == 206
         if not resumed:
             start = 0
+        elif not str(response.headers.get("Content-Range", "")).startswith(f"bytes {start}-"):
+            part.unlink(missing_ok=True)
+            raise _TransferError(f"the server answered the resume with range {response.headers.get('Content-Range')!r}; "
+                                 "the partial file was dropped, a rerun starts over")
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         written = start
@@ -84,6 +88,11 @@ def _fetch(url: str, part: Path, progress: bool, desc: str) -> None:
                 bar.update(len(block))
         if total is not None and written < total:
             raise _TransferError(f"connection closed after {written:,} of {total:,} bytes")
+
+
+def _starts_like_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
 
 
 def download_file(
@@ -110,7 +119,7 @@ def download_file(
     except OSError as exc:
         raise DataError(
             f"cannot write {dest.name} into {dest.parent} ({exc.strerror or exc}); pass --data-dir (or set "
-            f"{DATA_DIR_ENV}) to a writable directory"
+            f"${DATA_DIR_ENV}) to a writable directory"
         ) from exc
     failures = []
     for url in urls:
@@ -128,6 +137,9 @@ def download_file(
         else:
             part.unlink(missing_ok=True)
         raise DownloadError(f"{'; '.join(failures)}{kept}")
+    if dest.name.endswith(".gz") and not _starts_like_gzip(part):
+        part.unlink(missing_ok=True)
+        raise DataError(f"{url} did not send a gzip file for {dest.name} (an error page?); the download was deleted")
     result = checksums.check_file(fspec, part)
     if result.ok is False:
         part.unlink(missing_ok=True)
