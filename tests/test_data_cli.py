@@ -1,7 +1,6 @@
 """``redr data verify|download`` through the real CLI entry point."""
 from __future__ import annotations
 
-
 from redr.cli import main
 from redr.data.fixtures import write_higgs_csv_gz, write_image_dataset
 
