@@ -1,0 +1,426 @@
+"""Block-diagonal empirical Fisher over the active weights, and its inverse (for Redr-Woodfisher/-Woodtaylor).
+
+Layout. The active weights of every sparse layer (its ``values``, in their row-major CSR order) are cut
+into consecutive blocks of ``B`` weights; a layer's last block may be shorter and is padded to ``B``.
+Layers never share a block. All blocks of all layers form one ``(n_blocks, B)`` array (``BlockLayout``).
+
+Fisher. For every block ``F = lambda * I + (1/m) sum_j g_j g_j^T`` over the ``m`` minibatch gradients
+``g_j`` seen since the last reset (the gradients training computes anyway; no extra passes). A padded
+slot has gradient 0 in every ``g_j``, so its row and column of ``F`` are ``lambda * e``: the padding is
+an identity block that couples to nothing, and its ``F^-1`` entries are ``1/lambda`` on the diagonal only.
+
+How ``F^-1`` is obtained. Two exactly equivalent methods (equal in exact arithmetic; the tests check both
+against ``torch.linalg.inv`` of the explicit damped Fisher in float64):
+
+* :class:`BlockFisher` (used by the algorithms): keeps ``S = sum_j g_j g_j^T`` as the upper triangle of
+  each symmetric block (``B (B+1) / 2`` numbers per block instead of ``B^2``). Gradients wait in a small
+  buffer of ``buffer_steps`` rows and enter ``S`` as one batched rank-``r`` update (``bmm`` of the
+  ``(r, B)`` gradient slices of all blocks), chunk by chunk so that temporaries stay small. At
+  redistribution time the blocks are inverted once, chunk by chunk, with a batched Cholesky in float64;
+  ``F^-1`` overwrites ``S`` in place (no second copy). Per step this costs one strided copy of the
+  gradient plus ``1/r`` of a batched product; the count ``m`` need not be known in advance.
+* :class:`ShermanMorrisonInverse`: the WoodFisher paper's form, ``F^-1`` kept directly from
+  ``(1/lambda) I`` by one Sherman-Morrison rank-1 update per gradient, batched over all blocks. It needs
+  the number of gradients ``m`` up front (the ``1/m`` is inside every update, as in the reference
+  implementation, which fixes its number of Fisher samples) and full ``B x B`` blocks; a training run
+  knows neither the epoch length in general nor wants float32 rank-1 downdates accumulating rounding over
+  hundreds of steps. It is kept as the reference the fast method is tested against.
+
+Data parallel. :meth:`BlockFisher.add` is rank-local: it reads the ``.grad`` that DDP has already
+averaged over ranks, so every rank accumulates the same ``S``. :meth:`BlockFisher.inverse` applies the
+context's ``all_reduce`` (a sum across ranks) to ``S``, to the gradient sum and to the count ``m``
+before inverting, so ``F = lambda I + (sum over ranks of S) / (sum over ranks of m)``: with averaged
+gradients this changes nothing (every rank still decides the same), and without gradient averaging it is
+the Fisher of all ranks' gradients together.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+#: The WoodFisher reference implementation's default ``--fisher-damp``.
+REFERENCE_DAMPENING = 1e-3
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where each layer's active weights sit in the ``(n_blocks, B)`` block array."""
+
+    block_size: int
+    nnz: tuple[int, ...]
+
+    def __post_init__(self):
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if any(n < 0 for n in self.nnz):
+            raise ValueError(f"negative nnz in {self.nnz}")
+
+    @property
+    def blocks_per_layer(self) -> list[int]:
+        return [math.ceil(n / self.block_size) for n in self.nnz]
+
+    @property
+    def block_offsets(self) -> list[int]:
+        """First block of each layer."""
+        out, acc = [], 0
+        for nb in self.blocks_per_layer:
+            out.append(acc)
+            acc += nb
+        return out
+
+    @property
+    def n_blocks(self) -> int:
+        return sum(self.blocks_per_layer)
+
+    def to_blocks(self, vectors: Sequence[torch.Tensor | None], out: torch.Tensor | None = None, dtype=None,
+                  device=None) -> torch.Tensor:
+        """Per-layer 1-D tensors (``None`` = zeros) to the zero-padded ``(n_blocks, B)`` array."""
+        if len(vectors) != len(self.nnz):
+            raise ValueError(f"{len(vectors)} vectors for {len(self.nnz)} layers")
+        if out is None:
+            out = torch.zeros(self.n_blocks, self.block_size, dtype=dtype, device=device)
+        flat = out.view(-1)
+        for v, off, n in zip(vectors, self.block_offsets, self.nnz):
+            if v is None:
+                continue
+            if v.numel() != n:
+                raise ValueError(f"vector of {v.numel()} entries for a layer with nnz {n}")
+            flat[off * self.block_size: off * self.block_size + n].copy_(v.reshape(-1))
+        return out
+
+    def from_blocks(self, blocks: torch.Tensor) -> list[torch.Tensor]:
+        """The ``(n_blocks, B)`` array back to per-layer 1-D views (padding dropped)."""
+        flat = blocks.reshape(-1)
+        return [flat[off * self.block_size: off * self.block_size + n] for off, n in zip(self.block_offsets, self.nnz)]
+
+    def padding_mask(self, device=None) -> torch.Tensor:
+        """``(n_blocks, B)`` bool, True at real (non-padding) slots."""
+        mask = torch.zeros(self.n_blocks, self.block_size, dtype=torch.bool, device=device)
+        return self.to_blocks([torch.ones(n, dtype=torch.bool, device=device) for n in self.nnz], out=mask)
+
+    def write_rows(self, target: torch.Tensor, vectors: Sequence[torch.Tensor | None]) -> None:
+        """Write per-layer vectors into a strided ``(n_blocks, B)`` view (e.g. one row of the gradient buffer).
+
+        Only real slots are written; padding slots keep what they hold (zero in the buffer)."""
+        B = self.block_size
+        for v, off, n in zip(vectors, self.block_offsets, self.nnz):
+            if v is None or n == 0:
+                continue
+            if v.numel() != n:
+                raise ValueError(f"gradient of {v.numel()} entries for a layer with nnz {n}")
+            v = v.reshape(-1)
+            q, rem = divmod(n, B)
+            if q:
+                target[off:off + q].copy_(v[:q * B].view(q, B))
+            if rem:
+                target[off + q, :rem].copy_(v[q * B:])
+
+
+class _Packing:
+    """Index maps between a symmetric ``B x B`` block and its packed upper triangle."""
+
+    _cache: dict = {}
+
+    def __init__(self, B: int, device):
+        iu = torch.triu_indices(B, B, device=device)
+        self.B = B
+        self.upper = (iu[0] * B + iu[1]).contiguous()  # packed k -> flat (i, j), i <= j
+        self.lower = (iu[1] * B + iu[0]).contiguous()  # packed k -> flat (j, i)
+        self.diag = (iu[0] == iu[1]).nonzero().squeeze(1)  # packed positions of the diagonal, in order
+        self.size = self.upper.numel()
+
+    @classmethod
+    def get(cls, B: int, device) -> "_Packing":
+        key = (B, str(device))
+        if key not in cls._cache:
+            cls._cache[key] = cls(B, device)
+        return cls._cache[key]
+
+    def unpack(self, packed: torch.Tensor, dtype=None) -> torch.Tensor:
+        """``(n, P)`` packed to ``(n, B, B)`` symmetric."""
+        n = packed.shape[0]
+        full = torch.empty(n, self.B * self.B, dtype=dtype or packed.dtype, device=packed.device)
+        src = packed.to(full.dtype)
+        full.index_copy_(1, self.lower, src)
+        full.index_copy_(1, self.upper, src)
+        return full.view(n, self.B, self.B)
+
+    def pack(self, full: torch.Tensor, out: torch.Tensor) -> None:
+        """Upper triangle of ``(n, B, B)`` into ``out`` ``(n, P)``."""
+        out.copy_(torch.index_select(full.reshape(full.shape[0], -1), 1, self.upper))
+
+
+def damped_inverse_(blocks: torch.Tensor, dampening: float) -> torch.Tensor:
+    """``(lambda I + blocks)^-1`` for a batch of symmetric PSD blocks, via Cholesky (float64 inside).
+
+    Blocks whose Cholesky fails (only possible for a tiny ``lambda`` against rounding) fall back to
+    ``torch.linalg.inv``."""
+    work = blocks.to(torch.float64)
+    work.diagonal(dim1=-2, dim2=-1).add_(dampening)
+    chol, info = torch.linalg.cholesky_ex(work)
+    inv = torch.cholesky_inverse(chol)
+    bad = info != 0
+    if bool(bad.any()):
+        inv[bad] = torch.linalg.inv(work[bad])
+    return inv
+
+
+class BlockInverse:
+    """``F^-1`` of every block (packed upper triangles), with the mean gradient when tracked."""
+
+    def __init__(self, layout: BlockLayout, packed_inverse: torch.Tensor, mean_grad: torch.Tensor | None,
+                 count: int, dampening: float, chunk_blocks: int):
+        self.layout = layout
+        self.packed = packed_inverse
+        self.mean_grad = mean_grad
+        self.count = count
+        self.dampening = dampening
+        self.chunk_blocks = chunk_blocks
+        self._pk = _Packing.get(layout.block_size, packed_inverse.device)
+
+    def diag(self) -> torch.Tensor:
+        """``[F^-1]_qq`` as ``(n_blocks, B)``."""
+        return self.packed[:, self._pk.diag]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``F^-1 v`` block by block, ``v`` shaped ``(n_blocks, B)``."""
+        out = torch.empty_like(v)
+        for c in range(0, self.layout.n_blocks, self.chunk_blocks):
+            full = self._pk.unpack(self.packed[c:c + self.chunk_blocks], dtype=v.dtype)
+            out[c:c + self.chunk_blocks] = torch.bmm(full, v[c:c + self.chunk_blocks].unsqueeze(-1)).squeeze(-1)
+        return out
+
+    def dense(self) -> torch.Tensor:
+        """All blocks as ``(n_blocks, B, B)`` (tests and small models only)."""
+        return self._pk.unpack(self.packed)
+
+
+class BlockFisher:
+    """Accumulates the block-wise empirical Fisher of the active weights; see the module docstring.
+
+    Args:
+        block_size: ``B``, weights per block.
+        dampening: ``lambda`` added to the diagonal.
+        buffer_steps: gradients kept before one batched rank-``r`` update of ``S`` (memory
+            ``r * nnz`` numbers; time per step falls with ``r``).
+        chunk_blocks: blocks processed at once by updates and inversion (bounds temporaries).
+        track_mean: also keep the sum of the gradients (Woodtaylor needs their mean).
+    """
+
+    def __init__(self, block_size: int = 34, dampening: float = REFERENCE_DAMPENING, buffer_steps: int = 8,
+                 chunk_blocks: int = 1024, track_mean: bool = False):
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if not dampening > 0:
+            raise ValueError(f"dampening must be > 0 (it keeps F invertible), got {dampening}")
+        if buffer_steps < 1 or chunk_blocks < 1:
+            raise ValueError("buffer_steps and chunk_blocks must be >= 1")
+        self.block_size = int(block_size)
+        self.dampening = float(dampening)
+        self.buffer_steps = int(buffer_steps)
+        self.chunk_blocks = int(chunk_blocks)
+        self.track_mean = track_mean
+        self.layout: BlockLayout | None = None
+        self.count = 0
+        self._fill = 0
+        self._S: torch.Tensor | None = None        # (n_blocks, P) packed sum of outer products
+        self._buffer: torch.Tensor | None = None   # (n_blocks, r, B) waiting gradients
+        self._grad_sum: torch.Tensor | None = None  # (n_blocks, B)
+        self._dtype = None
+        self._device = None
+
+    # ------------------------------------------------------------------ state
+    def reset(self, nnz: Sequence[int], dtype=None, device=None) -> None:
+        """Forget all statistics; the next gradients are for a topology with these per-layer nnz."""
+        self.layout = BlockLayout(self.block_size, tuple(int(n) for n in nnz))
+        self.count = 0
+        self._fill = 0
+        self._S = self._buffer = self._grad_sum = None
+        self._dtype = dtype or torch.get_default_dtype()
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def matches(self, nnz: Sequence[int]) -> bool:
+        return self.layout is not None and self.layout.nnz == tuple(int(n) for n in nnz)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (statistics and buffer)."""
+        return sum(t.numel() * t.element_size() for t in (self._S, self._buffer, self._grad_sum) if t is not None)
+
+    def _allocate(self, buffer: bool = True) -> None:
+        pk = _Packing.get(self.block_size, self._device)
+        nb = self.layout.n_blocks
+        if self._S is None:
+            self._S = torch.zeros(nb, pk.size, dtype=self._dtype, device=self._device)
+        if buffer and self._buffer is None:
+            self._buffer = torch.zeros(nb, self.buffer_steps, self.block_size, dtype=self._dtype, device=self._device)
+        if self.track_mean and self._grad_sum is None:
+            self._grad_sum = torch.zeros(nb, self.block_size, dtype=self._dtype, device=self._device)
+
+    # ------------------------------------------------------------------ accumulation
+    @torch.no_grad()
+    def add(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """One minibatch gradient, as per-layer 1-D tensors in ``values`` order (``None``: all zero)."""
+        if self.layout is None:
+            raise RuntimeError("BlockFisher.reset(nnz) must be called before add()")
+        self._allocate()
+        row = self._buffer[:, self._fill, :]
+        self.layout.write_rows(row, grads)
+        if self._grad_sum is not None:
+            self._grad_sum += row
+        self._fill += 1
+        self.count += 1
+        if self._fill == self.buffer_steps:
+            self.flush()
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Fold the buffered gradients into ``S`` (one batched rank-``r`` update, chunk by chunk)."""
+        if not self._fill:
+            return
+        pk = _Packing.get(self.block_size, self._device)
+        r = self._fill
+        for c in range(0, self.layout.n_blocks, self.chunk_blocks):
+            g = self._buffer[c:c + self.chunk_blocks, :r, :]          # (nc, r, B)
+            outer = torch.bmm(g.transpose(1, 2), g)                    # (nc, B, B) = sum_j g_j g_j^T
+            self._S[c:c + self.chunk_blocks].add_(torch.index_select(outer.view(outer.shape[0], -1), 1, pk.upper))
+        self._fill = 0
+
+    # ------------------------------------------------------------------ results
+    def explicit_fisher(self) -> torch.Tensor:
+        """The damped Fisher ``lambda I + S / m`` of every block, ``(n_blocks, B, B)`` (tests, small models)."""
+        self.flush()
+        self._allocate(buffer=False)
+        pk = _Packing.get(self.block_size, self._device)
+        full = pk.unpack(self._S) / max(self.count, 1)
+        full.diagonal(dim1=-2, dim2=-1).add_(self.dampening)
+        return full
+
+    def mean_gradient(self) -> torch.Tensor | None:
+        if self._grad_sum is None:
+            return None
+        return self._grad_sum / max(self.count, 1)
+
+    @torch.no_grad()
+    def inverse(self, all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity) -> BlockInverse:
+        """Invert every block of ``lambda I + S/m`` (after summing the statistics across ranks).
+
+        This *consumes* the statistics: ``F^-1`` is written over ``S`` and handed to the returned
+        :class:`BlockInverse`; the Fisher is empty afterwards until :meth:`reset` (the topology changes at
+        every redistribution anyway). With no gradient seen, ``F = lambda I``."""
+        if self.layout is None:
+            raise RuntimeError("BlockFisher.reset(nnz) must be called before inverse()")
+        self.flush()
+        self._buffer = None  # free the gradient buffer before the inversion temporaries
+        self._allocate(buffer=False)
+        reduce = all_reduce is not _identity
+        count = self.count
+        if reduce:
+            count = int(round(float(all_reduce(torch.tensor([float(count)], dtype=torch.float64,
+                                                             device=self._device)).item())))
+        m = max(count, 1)
+        pk = _Packing.get(self.block_size, self._device)
+        S = self._S
+        for c in range(0, self.layout.n_blocks, self.chunk_blocks):
+            chunk = S[c:c + self.chunk_blocks]
+            if reduce:
+                summed = all_reduce(chunk)
+                if summed is not chunk:
+                    chunk.copy_(summed)
+            full = pk.unpack(chunk, dtype=torch.float64).div_(m)
+            pk.pack(damped_inverse_(full, self.dampening), chunk)
+        mean = None
+        if self._grad_sum is not None:
+            gsum = self._grad_sum
+            if reduce:
+                summed = all_reduce(gsum)
+                if summed is not gsum:
+                    gsum.copy_(summed)
+            mean = gsum.div_(m)
+        inv = BlockInverse(self.layout, S, mean, count, self.dampening, self.chunk_blocks)
+        self._S = self._grad_sum = None
+        self.count = 0
+        return inv
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything for an exact resume: statistics, the buffered (not yet folded) gradients, counts."""
+        return {
+            "block_size": self.block_size, "dampening": self.dampening, "buffer_steps": self.buffer_steps,
+            "nnz": list(self.layout.nnz) if self.layout is not None else None,
+            "count": self.count, "fill": self._fill,
+            "S": self._S, "grad_sum": self._grad_sum,
+            "buffer": self._buffer[:, :self._fill].clone() if self._buffer is not None and self._fill else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["block_size"] != self.block_size:
+            raise ValueError(f"checkpoint Fisher has block size {state['block_size']}, this one {self.block_size}")
+        if state["nnz"] is None:
+            self.layout = None
+            self.count = self._fill = 0
+            self._S = self._buffer = self._grad_sum = None
+            return
+        ref = next((t for t in (state["S"], state["grad_sum"], state["buffer"]) if t is not None), None)
+        self.reset(state["nnz"], dtype=ref.dtype if ref is not None else None,
+                   device=ref.device if ref is not None else None)
+        self.count = int(state["count"])
+        self._S = state["S"].clone() if state["S"] is not None else None
+        self._grad_sum = state["grad_sum"].clone() if state["grad_sum"] is not None else None
+        fill = int(state["fill"])
+        if fill:
+            if fill > self.buffer_steps:  # a checkpoint from a run with a larger buffer: fold it now
+                saved, self.buffer_steps = self.buffer_steps, fill
+                self._allocate()
+                self._buffer[:, :fill] = state["buffer"]
+                self._fill = fill
+                self.flush()
+                self._buffer, self.buffer_steps = None, saved
+            else:
+                self._allocate()
+                self._buffer[:, :fill] = state["buffer"]
+                self._fill = fill
+
+
+class ShermanMorrisonInverse:
+    """``F^-1`` maintained directly by Sherman-Morrison rank-1 updates, batched over all blocks.
+
+    ``F = lambda I + (1/m) sum_j g_j g_j^T`` with ``m = num_samples`` fixed in advance: starting from
+    ``(1/lambda) I``, each gradient ``g`` updates ``Finv -= (Finv g)(Finv g)^T / (m + g^T Finv g)``
+    (the inverse of ``A + g g^T / m``). Full ``(n_blocks, B, B)`` storage. Reference implementation.
+    """
+
+    def __init__(self, n_blocks: int, block_size: int, dampening: float, num_samples: int, dtype=None, device=None):
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        self.num_samples = num_samples
+        self.seen = 0
+        eye = torch.eye(block_size, dtype=dtype or torch.get_default_dtype(), device=device) / dampening
+        self.inverse = eye.expand(n_blocks, block_size, block_size).clone()
+
+    @torch.no_grad()
+    def update(self, g: torch.Tensor) -> None:
+        """One gradient as ``(n_blocks, B)``."""
+        v = torch.bmm(self.inverse, g.unsqueeze(-1)).squeeze(-1)  # Finv g (Finv symmetric)
+        denom = self.num_samples + (g * v).sum(-1)
+        self.inverse.sub_(v.unsqueeze(-1) * (v / denom.unsqueeze(-1)).unsqueeze(-2))
+        self.seen += 1
+
+    def diag(self) -> torch.Tensor:
+        return self.inverse.diagonal(dim1=-2, dim2=-1)
+
+
+def sherman_morrison_block_inverse(grads: torch.Tensor, dampening: float) -> torch.Tensor:
+    """``(lambda I + (1/m) sum_j g_j g_j^T)^-1`` per block by Sherman-Morrison; ``grads`` is ``(m, n_blocks, B)``."""
+    m, nb, B = grads.shape
+    sm = ShermanMorrisonInverse(nb, B, dampening, m, dtype=grads.dtype, device=grads.device)
+    for g in grads:
+        sm.update(g)
+    return sm.inverse

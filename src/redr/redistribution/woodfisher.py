@@ -1,0 +1,188 @@
+"""Redr-Woodfisher and Redr-Woodtaylor (the paper's section 2.5): second-order removal, random growth.
+
+Both keep the block-wise empirical Fisher ``F`` of the active weights (:mod:`redr.redistribution.fisher`)
+from the gradients of the training steps since the last redistribution (``after_step``; no extra passes).
+At a redistribution, with ``d_q = [F^-1]_qq``:
+
+* **Redr-Woodfisher** (gradient assumed 0): ``rho_q = w_q^2 / (2 d_q)`` is the quadratic model's loss
+  increase of removing weight ``q`` and moving the others optimally. The fraction ``alpha`` of *all*
+  active weights with the smallest ``rho`` is removed (globally across layers; ties: lower layer, then
+  lower position), and the kept weights of each affected block move by
+  ``dw = - sum_{q removed in block} (w_q / d_q) F^-1 e_q``.
+* **Redr-Woodtaylor** (``g`` = mean of the collected gradients, ``a = F^-1 g``):
+  ``rho_q = (w_q - a_q)^2 / (2 d_q)`` and ``dw = -a - sum_{q removed} ((w_q - a_q) / d_q) F^-1 e_q``
+  (derivation in docs/algorithms-woodfisher.md). The ``-a`` term (a damped Newton step) moves every
+  active weight, also in blocks without removals.
+
+Each removed weight's update is computed as if it were removed alone and the updates are summed:
+interactions between weights removed together in one block are ignored, as in the WoodFisher reference
+implementation (so the removed weights themselves do not land exactly on 0; they are dropped anyway).
+
+Growth: the same total number of weights at uniformly random inactive positions, spread over layers in
+proportion to their dense size ``out * in`` (largest remainder; a layer gets at most its number of
+inactive positions). New weights start at 0 like in every algorithm.
+
+Collapse guard: a layer never keeps fewer than ``min(nnz, max(in_features, out_features))`` active
+weights after removal (enough for every neuron on the wider side to keep a connection on average); when
+the global choice would take more from a layer, that layer gives exactly its allowance and the rest is
+taken from the other layers, again by smallest ``rho``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from redr.redistribution.base import RedistributionAlgorithm, RedistributionContext, random_growth, removal_count
+from redr.redistribution.fisher import REFERENCE_DAMPENING, BlockFisher, BlockInverse
+from redr.redistribution.plan import LayerPlan, RedistributionPlan
+from redr.redistribution.select import proportional_shares, smallest_k
+from redr.sparse.layer import SparseLinear, TopologyChange
+
+#: Default dampening of Redr-Woodfisher: the WoodFisher reference implementation's ``--fisher-damp``.
+WOODFISHER_DAMPENING = REFERENCE_DAMPENING
+#: Default dampening of Redr-Woodtaylor: the paper's ablation (section 4.3.3) found lambda = 1 best on KMNIST.
+WOODTAYLOR_DAMPENING = 1.0
+#: Default block size (the paper's, for both algorithms and both datasets).
+BLOCK_SIZE = 34
+
+
+def layer_floor(layer: SparseLinear) -> int:
+    """The fewest active weights removal may leave in ``layer`` (the collapse guard)."""
+    return min(layer.nnz, max(layer.in_features, layer.out_features))
+
+
+def removal_statistics(w: torch.Tensor, inv: BlockInverse, newton: torch.Tensor | None = None):
+    """``(z, d, rho)`` per block slot: ``z = w - a`` (``a = F^-1 g``, or 0), ``d = [F^-1]_qq``,
+    ``rho = z^2 / (2 d)``. All ``(n_blocks, B)``."""
+    d = inv.diag().to(w.dtype)
+    z = w - newton if newton is not None else w
+    return z, d, z * z / (2 * d)
+
+
+def optimal_update(inv: BlockInverse, z: torch.Tensor, d: torch.Tensor, removed: torch.Tensor,
+                   newton: torch.Tensor | None = None) -> torch.Tensor:
+    """``dw = -a - F^-1 c`` with ``c_q = z_q / d_q`` at removed slots (``removed``: bool ``(n_blocks, B)``)."""
+    c = torch.where(removed, z / d, torch.zeros((), dtype=z.dtype, device=z.device))
+    dw = inv.matvec(c).neg_()
+    if newton is not None:
+        dw -= newton
+    return dw
+
+
+def global_smallest(scores: Sequence[torch.Tensor], k: int, allowance: Sequence[int]) -> list[torch.Tensor]:
+    """Positions (per layer, ascending) of the ``k`` smallest scores over all layers, taking at most
+    ``allowance[l]`` from layer ``l``. Ties: earlier layer, then lower position. Water-filling: a layer
+    whose share of the unconstrained choice exceeds its allowance is saturated, the rest re-chosen."""
+    n = len(scores)
+    k = min(int(k), sum(int(a) for a in allowance))
+    fixed: dict[int, int] = {}
+    while True:
+        free = [i for i in range(n) if i not in fixed]
+        rest = k - sum(fixed.values())
+        sizes = [scores[i].numel() for i in free]
+        chosen = smallest_k(torch.cat([scores[i].reshape(-1) for i in free]), rest) if free else torch.empty(0, dtype=torch.int64)
+        bounds = torch.tensor([0] + sizes, device=chosen.device).cumsum(0)
+        per = [chosen[(chosen >= bounds[j]) & (chosen < bounds[j + 1])] - bounds[j] for j in range(len(free))]
+        over = [i for i, p in zip(free, per) if p.numel() > allowance[i]]
+        if not over:
+            out: list[torch.Tensor] = [None] * n
+            for i, p in zip(free, per):
+                out[i] = p
+            for i, a in fixed.items():
+                out[i] = smallest_k(scores[i].reshape(-1), a)
+            return out
+        for i in over:
+            fixed[i] = int(allowance[i])
+
+
+class RedrWoodfisher(RedistributionAlgorithm):
+    """Remove by the WoodFisher statistic (globally), update the kept weights optimally, grow randomly.
+
+    Args:
+        block_size: weights per Fisher block (``--block-size``; the paper's 34).
+        dampening: ``lambda`` of ``F = lambda I + (1/m) sum g g^T`` (``--dampening``; default 1e-3, the
+            WoodFisher reference implementation's default).
+        buffer_steps: gradients collected before one batched update of the Fisher (memory vs. time only;
+            the result is the same).
+    """
+
+    name = "woodfisher"
+    needs_step_hook = True
+    uses_gradient = False
+
+    def __init__(self, block_size: int = BLOCK_SIZE, dampening: float = WOODFISHER_DAMPENING, buffer_steps: int = 8):
+        self.block_size = int(block_size)
+        self.dampening = float(dampening)
+        self.buffer_steps = int(buffer_steps)
+        self.fisher = BlockFisher(self.block_size, self.dampening, self.buffer_steps, track_mean=self.uses_gradient)
+
+    def options(self) -> dict:
+        return {"block_size": self.block_size, "dampening": self.dampening, "buffer_steps": self.buffer_steps}
+
+    # ------------------------------------------------------------------ statistics
+    def _ensure_layout(self, layers: Sequence[SparseLinear]) -> None:
+        nnz = [layer.nnz for layer in layers]
+        if not self.fisher.matches(nnz):
+            self.fisher.reset(nnz, dtype=layers[0].values.dtype, device=layers[0].values.device)
+
+    def after_step(self, layers: Sequence[SparseLinear]) -> None:
+        grads = [layer.values.grad for layer in layers]
+        if all(g is None for g in grads):
+            return
+        self._ensure_layout(layers)
+        self.fisher.add([g.detach() if g is not None else None for g in grads])
+
+    def on_topology_changed(self, layers: Sequence[SparseLinear], changes: Sequence[TopologyChange]) -> None:
+        self.fisher.reset([layer.nnz for layer in layers], dtype=layers[0].values.dtype, device=layers[0].values.device)
+
+    def state_dict(self) -> dict:
+        return {"fisher": self.fisher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "fisher" in state:
+            self.fisher.load_state_dict(state["fisher"])
+
+    # ------------------------------------------------------------------ plan
+    @torch.no_grad()
+    def plan(self, ctx: RedistributionContext) -> RedistributionPlan:
+        layers = list(ctx.layers)
+        self._ensure_layout(layers)
+        inv = self.fisher.inverse(ctx.all_reduce)  # consumes the statistics (reset after the step anyway)
+        layout = inv.layout
+        dtype, device = inv.packed.dtype, inv.packed.device
+        w = layout.to_blocks([layer.values.detach() for layer in layers], dtype=dtype, device=device)
+        newton = inv.matvec(inv.mean_grad) if self.uses_gradient else None
+        z, d, rho = removal_statistics(w, inv, newton)
+        pad = ~layout.padding_mask(device)
+
+        total = sum(layer.nnz for layer in layers)
+        allowance = [layer.nnz - layer_floor(layer) for layer in layers]
+        removes = global_smallest(layout.from_blocks(rho), removal_count(total, ctx.alpha), allowance)
+        removed = layout.to_blocks([torch.zeros(layer.nnz, dtype=torch.bool, device=device).index_fill_(0, r, True)
+                                    for layer, r in zip(layers, removes)],
+                                   out=torch.zeros(layout.n_blocks, layout.block_size, dtype=torch.bool, device=device))
+        dw = optimal_update(inv, z, d, removed, newton)
+        updates = layout.from_blocks(dw)
+
+        n_removed = sum(r.numel() for r in removes)
+        dense = [layer.in_features * layer.out_features for layer in layers]
+        shares = proportional_shares(n_removed, dense, capacity=[s - layer.nnz for s, layer in zip(dense, layers)])
+        plans = [LayerPlan(r.to(layer.values.device), random_growth(layer, share, ctx.generator),
+                           value_update=u.to(layer.values.device))
+                 for layer, r, share, u in zip(layers, removes, shares, updates)]
+        info = {"fisher_steps": inv.count, "block_size": self.block_size, "dampening": self.dampening,
+                "sum_rho_removed": float(rho[removed].sum()), "update_norm": float(dw.masked_fill(pad, 0).norm())}
+        if newton is not None:
+            info["newton_term"] = float(-0.5 * (inv.mean_grad * newton).sum())
+        return RedistributionPlan(plans, info)
+
+
+class RedrWoodtaylor(RedrWoodfisher):
+    """Redr-Woodfisher with the gradient term (WoodTaylor). ``dampening`` defaults to 1 (the paper's finding)."""
+
+    name = "woodtaylor"
+    uses_gradient = True
+
+    def __init__(self, block_size: int = BLOCK_SIZE, dampening: float = WOODTAYLOR_DAMPENING, buffer_steps: int = 8):
+        super().__init__(block_size, dampening, buffer_steps)
