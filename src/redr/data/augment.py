@@ -40,6 +40,18 @@ def _symmetric(value: Range, name: str) -> Tuple[float, float]:
     return items
 
 
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (n, C, H, W), align_corners=False)`` by broadcasting: the same grid, measured
+    2-3x faster on the CPU for 512 images of 28x28 (affine_grid took a quarter of a Fashion-MNIST epoch)."""
+    opts = {"device": theta.device, "dtype": theta.dtype}
+    xs = ((torch.arange(width, **opts) * 2 + 1) / width - 1).view(1, 1, width)
+    ys = ((torch.arange(height, **opts) * 2 + 1) / height - 1).view(1, height, 1)
+    t = theta.view(-1, 6, 1, 1)
+    gx = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    gy = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return torch.stack([gx, gy], -1)
+
+
 class RandomAffine:
     """Rotate, translate, scale and shear each image by its own random amount (bilinear, zero padding).
 
@@ -124,7 +136,7 @@ class RandomAffine:
             raise UsageError(f"RandomAffine expects (N, F), (N, H, W) or (N, C, H, W) images, got {tuple(shape)}")
         n, _, height, width = batch.shape
         theta = self.theta(n, height, width, generator).to(device=images.device, dtype=images.dtype)
-        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        grid = _affine_grid(theta, height, width)
         shifted = batch - self.fill if self.fill else batch
         out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return (out + self.fill if self.fill else out).reshape(shape)
