@@ -157,12 +157,12 @@ class _Packing:
         out.copy_(torch.index_select(full.reshape(full.shape[0], -1), 1, self.upper))
 
 
-def damped_inverse_(blocks: torch.Tensor, dampening: float) -> torch.Tensor:
+def damped_inverse(blocks: torch.Tensor, dampening: float) -> torch.Tensor:
     """``(lambda I + blocks)^-1`` for a batch of symmetric PSD blocks, via Cholesky (float64 inside).
 
     Blocks whose Cholesky fails (only possible for a tiny ``lambda`` against rounding) fall back to
     ``torch.linalg.inv``."""
-    work = blocks.to(torch.float64)
+    work = blocks.to(torch.float64, copy=True)
     work.diagonal(dim1=-2, dim2=-1).add_(dampening)
     chol, info = torch.linalg.cholesky_ex(work)
     inv = torch.cholesky_inverse(chol)
@@ -335,7 +335,7 @@ class BlockFisher:
                 if summed is not chunk:
                     chunk.copy_(summed)
             full = pk.unpack(chunk, dtype=torch.float64).div_(m)
-            pk.pack(damped_inverse_(full, self.dampening), chunk)
+            pk.pack(damped_inverse(full, self.dampening), chunk)
         mean = None
         if self._grad_sum is not None:
             gsum = self._grad_sum
