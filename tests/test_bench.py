@@ -45,15 +45,15 @@ def test_layer_suite(tmp_path, capsys):
     assert len(times) == 1 and len(memory) == 1
     t = times[0]
     assert t["suite"] == "layer" and t["config"]["batch"] == 16 and t["config"]["quick"] is True
-    assert t["results"]["dense_ms"] > 0
+    assert t["results"]["linear_ms"] > 0
     for backend in ("torch", "dense", "auto"):
         assert t["results"][f"{backend}_ms"] > 0
-        assert t["ratios"][backend] == pytest.approx(t["results"]["dense_ms"] / t["results"][f"{backend}_ms"], rel=1e-2)
+        assert t["ratios"][backend] == pytest.approx(t["results"]["linear_ms"] / t["results"][f"{backend}_ms"], rel=1e-2)
     m = memory[0]["results"]
     assert m["sparse_bytes"] == m["sparse_values_bytes"] + m["sparse_grad_bytes"] + m["sparse_index_bytes"]
     assert m["dense_bytes"] == 2 * 64 * 32 * 4
     printed = capsys.readouterr().out
-    assert "dense ms" in printed and "persistent memory" in printed
+    assert "linear ms" in printed and "persistent memory" in printed
 
 
 def test_epoch_suite(tmp_path, capsys, broken_algorithm):

@@ -3,7 +3,8 @@
 For every shape (in x out), density and batch size the dense layer and the sparse layer under each
 backend are timed *in the same loop*: each round runs dense, then every backend once, so a change in
 machine load hits all of them alike. After ``warmup`` rounds, the median of ``repeats`` rounds is
-reported, with ``ratio = dense_ms / sparse_ms`` (above 1: sparse is faster).
+reported, with ``ratio = dense_ms / sparse_ms`` where ``dense_ms`` is ``nn.Linear``'s time (JSON key
+``linear_ms``; ``dense_ms`` there is the sparse layer's *dense backend*) -- above 1: sparse is faster.
 
 One step is what training does: ``y = layer(x)`` for an input that requires grad, then
 ``y.backward(g)`` (grad of the input, of the weights/values and of the bias), grads reset to ``None``
@@ -104,7 +105,7 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                 config = {"in_features": in_f, "out_features": out_f, "density": density, "batch": batch,
                           "nnz": some.nnz if some is not None else None, "repeats": repeats, "warmup": warmup,
                           "quick": quick}
-                results = {"dense_ms": rounded(dense_ms, 6), "dense_spread": rounded(spread(times[LINEAR]), 3)}
+                results = {"linear_ms": rounded(dense_ms, 6), "linear_spread": rounded(spread(times[LINEAR]), 3)}
                 ratios = {}
                 row = [f"{in_f}x{out_f}", density, batch, dense_ms]
                 for name in backends:
@@ -130,16 +131,17 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                                       mib(mem["sparse_grad_bytes"]), mib(mem["sparse_index_bytes"]), mib(mem["sparse_bytes"]),
                                       mib(mem["dense_bytes"]), mem["sparse_bytes"] / mem["dense_bytes"]])
                     memory_done = True
-                print_flush(f"  {in_f}x{out_f} d={density} batch {batch}: dense {dense_ms:.3f} ms; "
+                print_flush(f"  {in_f}x{out_f} d={density} batch {batch}: nn.Linear {dense_ms:.3f} ms; "
                             + ", ".join(f"{n} {results[n + '_ms']:.3f} ms ({ratios[n]:.2f}x)" for n in backends))
                 del layers, dense, x, grad_out
                 gc.collect()
-    headers = ["shape", "density", "batch", "dense ms"]
+    headers = ["shape", "density", "batch", "linear ms"]
     for name in backends:
         headers += [f"{name} ms", f"{name} x"]
     if "auto" in backends:
         headers.append("auto=")
-    print_flush("\nforward+backward, median ms; 'x' = dense_ms / sparse_ms (above 1: sparse faster)")
+    print_flush("\nforward+backward, median ms; 'x' = nn.Linear ms / sparse ms (above 1: sparse faster);"
+                "\n'dense' is the sparse layer's dense backend (values scattered into a matrix, then BLAS)")
     print_flush(format_table(headers, table))
     print_flush("\npersistent memory (MiB): sparse values + grad + indices vs dense weight + grad (biases left out)")
     print_flush(format_table(["shape", "density", "nnz", "values", "grad", "indices", "sparse", "dense", "ratio"], mem_table))

@@ -59,10 +59,10 @@ def summary_tables(records: list[dict]) -> str:
         for r in layer:
             c, res, rat = r["config"], r["results"], r["ratios"]
             best = max(rat, key=lambda k: rat[k] or 0) if rat else None
-            rows.append([f"{c['in_features']}x{c['out_features']}", c["density"], c["batch"], res["dense_ms"],
+            rows.append([f"{c['in_features']}x{c['out_features']}", c["density"], c["batch"], res["linear_ms"],
                          res.get("auto_ms"), rat.get("auto"), c.get("auto_resolves_to"), best, rat.get(best) if best else None])
-        parts.append("layer: forward+backward ms; x = dense_ms / sparse_ms\n" + format_table(
-            ["shape", "density", "batch", "dense ms", "auto ms", "auto x", "auto=", "best", "best x"], rows))
+        parts.append("layer: forward+backward ms; x = nn.Linear ms / sparse ms\n" + format_table(
+            ["shape", "density", "batch", "linear ms", "auto ms", "auto x", "auto=", "best", "best x"], rows))
     layer_mem = [r for r in records if r["suite"] == "layer" and r["kind"] == "memory"]
     if layer_mem:
         rows = [[f"{r['config']['in_features']}x{r['config']['out_features']}", r["config"]["density"],
