@@ -8,17 +8,17 @@ slice of every global batch (:func:`redr.data.batch_indices` with ``rank``/``wor
 What keeps the ranks identical (:class:`DataParallel`, used by :class:`~redr.training.trainer.Trainer`):
 
 * **Gradients** are averaged by our own bucketed all-reduce after ``backward`` and before ``optimizer.step``
-  (:meth:`DataParallel.reduce_gradients`), not by ``DistributedDataParallel``: a :class:`~redr.sparse.SparseLinear`
-  changes the size of its ``values`` at every redistribution, and DDP's buckets are built for fixed parameter
+  (:meth:`DataParallel.backward`), not by ``DistributedDataParallel``: a :class:`~redr.sparse.SparseLinear`
+  changes the size of its ``values`` at every redistribution while DDP's buckets are built for fixed parameter
   shapes (it would have to be rebuilt after every topology change); DDP also needs every rank to run a backward
-  even when its slice of the last batch is empty, and averages by the number of ranks rather than by samples.
-  The models here are small enough that overlapping communication with the backward (DDP's advantage) buys
-  little: one bucket of 25 MiB holds 6.5 M weights.
-* **Loss weighting.** Each rank's loss is its slice's mean; before the backward one tiny all-reduce of
-  ``(n_local * loss, n_local, stop flag)`` gives every rank the global batch's loss (reported, and checked for
-  NaN/inf identically everywhere) and ``N``; the rank back-propagates ``loss * n_local / N`` and the gradients
-  are *summed*, which is exactly the gradient of the global batch's mean loss, also when slices differ by one
-  sample or a slice is empty.
+  even when its slice of the last batch is empty, and divides by the number of ranks rather than by samples.
+  The price is no overlap of communication with the backward (DDP's advantage); the models here fit one or a
+  few buckets (25 MiB = 6.5 M float32 weights), see docs/distributed.md for the measurement.
+* **Loss weighting, one collective per step.** Each rank back-propagates its slice's *summed* loss
+  (``n_local * mean``); the all-reduce of the gradients carries ``(n_local * loss, n_local, stop flag)`` in the
+  same buffer, and the summed gradients are divided by the global batch size ``N``: exactly the gradient of the
+  global batch's mean loss, also when slices differ by one sample or a slice is empty. Every rank gets the
+  global batch's loss (reported, and checked for NaN/inf identically everywhere).
 * **Redistribution**: random choices come from the redistributor's generator, seeded identically on all ranks;
   data-dependent statistics (dense gradients, Fisher blocks) go through :meth:`DataParallel.all_reduce`, and the
   redistributor's loss is weighted like the training loss (:meth:`DataParallel.global_mean_loss`) so that the
@@ -384,7 +384,8 @@ def train(config, out_dir, *, overwrite: bool = False, resume: bool = False, pro
     parallel = parallel or DataParallel()
     if local_rank is None:
         local_rank = (environment() or {}).get("local_rank", parallel.rank)
-    parallel.check_same("the run configuration", config.to_dict())
+    same = {k: v for k, v in config.to_dict().items() if k not in ("data_dir", "download")}  # may differ per machine
+    parallel.check_same("the run configuration", same)
     parallel.check_same("the output directory", str(out_dir) if out_dir is not None else None)
     if out_dir is not None:
         check_out_dir(Path(out_dir), overwrite, resume)  # fail before loading data (every rank, no side effects)
