@@ -1,0 +1,271 @@
+"""The paper's experiments as grids of runs ("cells").
+
+A :class:`Cell` is one training run: a readable directory name and the options given to
+:meth:`RunConfig.from_options`. :func:`build_cells` turns an experiment name and the command-line
+choices into the cells; :mod:`redr.experiments.runner` runs them, :mod:`redr.experiments.report`
+reads them back.
+
+Run names carry everything that tells cells of one output folder apart (dataset, model, algorithm,
+density, seed and any non-default setting), so experiments that share a run (the d=0.1 Redr-Random run of
+the Fashion-MNIST grid is also a point of the frequency and depth figures) share its directory when they
+are given the same ``--out``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from redr.errors import UsageError
+from redr.training.config import PRESETS
+
+#: Layer-local and global dynamic algorithms as the paper groups them (section 4.2).
+LOCAL_ALGORITHMS = ("random", "gradient", "loss")
+GLOBAL_ALGORITHMS = ("gradient-global", "woodfisher")
+DYNAMIC_ALGORITHMS = ("random", "gradient", "gradient-global", "loss", "woodfisher", "woodtaylor")
+STATIC = "none"
+DENSE_MODELS = ("dense-neuron", "dense-param")
+#: Everything an accuracy grid trains, in the order tables list it.
+GRID_MODELS = (STATIC, *DYNAMIC_ALGORITHMS, *DENSE_MODELS)
+DENSITIES = (0.1, 0.06, 0.03)
+#: The density the parameter-equivalent dense net is matched to (the paper's 784-33-33-10 / 21-79-79-79-1).
+PARAM_EQ_DENSITY = 0.1
+FREQUENCIES = (1, 2, 4, 8)
+#: Section 4.3.2: the original net and two deeper ones with about the same number of weights.
+DEPTH_HIDDEN = ((256, 256), (256, 128, 128, 128), (128,) * 8)
+#: Section 4.3.3: Woodtaylor's dampening (lambda) sweep at the paper's block size, and a block-size sweep
+#: at lambda = 1 (the value the paper found best on KMNIST).
+WOODTAYLOR_LAMBDAS = (1e-4, 1e-2, 1.0, 100.0)
+WOODTAYLOR_BLOCKS = (8, 16, 34, 64)
+WOODTAYLOR_BLOCK = 34
+WOODTAYLOR_LAMBDA = 1.0
+MEMORY_HIDDEN = (4096, 4096)
+
+ACCURACY_EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "synthetic")
+EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "induced-loss", "frequency", "depth", "woodtaylor", "timing",
+               "memory", "synthetic")
+#: Experiments that take ``--dataset`` (the paper ran them on KMNIST; woodtaylor on both datasets).
+DEFAULT_DATASETS = {"induced-loss": ("kmnist",), "frequency": ("kmnist",), "depth": ("kmnist",),
+                    "woodtaylor": ("kmnist", "higgs"), "timing": ("higgs",), "memory": ("kmnist",)}
+
+DESCRIPTIONS = {
+    "kmnist": "accuracy grid on KMNIST (Fig. 2): every algorithm x d=0.1/0.06/0.03, static sparse, dense baselines",
+    "fashion-mnist": "the KMNIST grid on Fashion-MNIST (same format; KMNIST is not available offline)",
+    "higgs": "accuracy grid on HIGGS (Fig. 4): every algorithm x d=0.1/0.06/0.03, static sparse, dense baselines",
+    "induced-loss": "training loss right before/after each redistribution, every dynamic algorithm at d=0.1 (Fig. 3)",
+    "frequency": "redistribution every t = 1, 2, 4, 8 epochs, every dynamic algorithm at d=0.1 (Fig. 5)",
+    "depth": "784-256-256-10, 784-256-128-128-128-10, 784-128x8-10, every dynamic algorithm at d=0.1 (Fig. 6)",
+    "woodtaylor": "Redr-Woodtaylor lambda sweep (block 34) and block-size sweep (lambda 1) at d=0.1 (section 4.3.3)",
+    "timing": "seconds per epoch on the HIGGS net at d=0.1: dense baselines, static sparse, every algorithm (Table 1)",
+    "memory": "peak memory of the KMNIST-shape net with 4096-wide hidden layers, every algorithm x density and "
+              "the dense nets, each in a fresh process (Table 2)",
+    "synthetic": "the accuracy grid on the generated task (seconds; for tests and smoke checks)",
+}
+
+
+@dataclass(frozen=True)
+class Quick:
+    """What ``--quick`` shrinks, per dataset (None = unchanged)."""
+
+    epochs: Optional[int] = None
+    train_rows: Optional[int] = None
+    test_rows: Optional[int] = None
+    seeds: Optional[int] = None  # the default of --seeds (an explicit --seeds wins)
+
+    def describe(self) -> str:
+        parts = []
+        if self.epochs is not None:
+            parts.append(f"{self.epochs} epochs")
+        if self.train_rows is not None:
+            parts.append(f"the first {self.train_rows:,} training rows")
+        if self.test_rows is not None:
+            parts.append(f"{self.test_rows:,} test rows")
+        if self.seeds is not None:
+            parts.append(f"{self.seeds} seed{'s' if self.seeds != 1 else ''} unless --seeds is given")
+        return ", ".join(parts) or "nothing"
+
+
+#: The --quick budget (docs/reproduce.md explains the choice from epoch times measured on a 2-core CPU).
+#: Everything else (architectures, batch sizes, learning rates, the schedule shape, every algorithm and
+#: density, the dense baselines, augmentation) stays the paper's.
+QUICK = {
+    "kmnist": Quick(epochs=8, train_rows=20_000, seeds=2),
+    "fashion-mnist": Quick(epochs=8, train_rows=20_000, seeds=2),
+    "higgs": Quick(epochs=10, seeds=2),
+    "synthetic": Quick(epochs=2, seeds=1),
+}
+#: Timing and memory need few epochs: they measure, they do not train to convergence.
+MEASURE_EPOCHS = {"timing": 5, "memory": 2}
+QUICK_MEASURE_EPOCHS = {"timing": 3, "memory": 2}
+#: Memory runs only need a few steps per epoch: the peak does not depend on the epoch length, and the
+#: data's own footprint is measured separately (the baseline) and subtracted.
+MEMORY_ROWS = {"train_rows": 8192, "test_rows": 2048}
+
+
+@dataclass
+class Cell:
+    """One run of a grid: ``name`` is its directory under ``--out``."""
+
+    name: str
+    options: dict
+    kind: str = "train"  # train | timing | memory | memory-baseline
+    experiments: list = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.options.get("epochs") or PRESETS[self.options["dataset"]]["epochs"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.options.get("seed", 0))
+
+
+def fmt_number(value: float) -> str:
+    """0.1 -> '0.1', 1.0 -> '1', 1e-4 -> '0.0001' (stable, readable, no trailing zeros)."""
+    text = f"{value:.10f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def run_name(options: dict, prefix: str = "") -> str:
+    """A readable, unique directory name for a run's options."""
+    dataset, model = options["dataset"], options.get("model", "sparse")
+    parts = [dataset]
+    if model == "sparse":
+        parts += [options.get("algorithm", "random"), f"d{fmt_number(options['density'])}"]
+    elif model == "dense-param":
+        parts += [model, f"d{fmt_number(options.get('density', PARAM_EQ_DENSITY))}"]
+    else:
+        parts.append(model)
+    hidden = options.get("hidden")
+    if hidden is not None and list(hidden) != list(PRESETS[dataset]["hidden"]):
+        parts.append("h" + "-".join(str(h) for h in hidden))
+    if options.get("redistribute_every", 1) != 1:
+        parts.append(f"t{options['redistribute_every']}")
+    algo = options.get("algorithm_options") or {}
+    short = {"block_size": "B", "dampening": "lam"}
+    for key in sorted(algo):
+        parts.append(f"{short.get(key, key)}{fmt_number(algo[key]) if isinstance(algo[key], float) else algo[key]}")
+    parts.append(f"s{options.get('seed', 0)}")
+    return (prefix + "_" if prefix else "") + "_".join(parts)
+
+
+def model_options(model: str, density: float) -> dict:
+    """RunConfig options of one grid entry: a sparse algorithm name, or a dense baseline."""
+    if model in DENSE_MODELS:  # the density only sizes the parameter-equivalent net: always the paper's 0.1
+        return {"model": model, "algorithm": "none", "density": PARAM_EQ_DENSITY}
+    return {"model": "sparse", "algorithm": model, "density": density}
+
+
+def _parse_models(models: Optional[Sequence[str]], allowed: Sequence[str], experiment: str) -> list[str]:
+    if models is None:
+        return list(allowed)
+    bad = [m for m in models if m not in GRID_MODELS]
+    if bad:
+        raise UsageError(f"--algorithms: unknown name(s) {', '.join(bad)}; choose from {', '.join(GRID_MODELS)}")
+    off = [m for m in models if m not in allowed]
+    if off:
+        raise UsageError(f"--algorithms {', '.join(off)}: not part of the {experiment} experiment "
+                         f"(it runs {', '.join(allowed)})")
+    return list(dict.fromkeys(models))
+
+
+def _parse_densities(densities: Optional[Sequence[float]], allowed: Sequence[float], experiment: str) -> list[float]:
+    if densities is None:
+        return list(allowed)
+    bad = [d for d in densities if not 0 < d <= 1]
+    if bad:
+        raise UsageError(f"--densities must be in (0, 1], got {', '.join(map(str, bad))}")
+    return list(dict.fromkeys(float(d) for d in densities))
+
+
+def _densities_for(model: str, densities, allowed, experiment: str) -> list[float]:
+    """A sparse model runs at every density; a dense baseline once (its size is matched to d=0.1)."""
+    if model in DENSE_MODELS:
+        return [PARAM_EQ_DENSITY]
+    return _parse_densities(densities, allowed, experiment)
+
+
+def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optional[int] = None, quick: bool = False,
+                datasets: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
+                densities: Optional[Sequence[float]] = None) -> list[Cell]:
+    """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's)."""
+    if experiment not in EXPERIMENTS:
+        raise UsageError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if experiment in ACCURACY_EXPERIMENTS:
+        if datasets:
+            raise UsageError(f"--dataset does not apply to {experiment} (the experiment is named after its dataset)")
+        datasets = [experiment]
+    else:
+        datasets = list(datasets or DEFAULT_DATASETS[experiment])
+        for name in datasets:
+            if name not in PRESETS:
+                raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(PRESETS)}")
+    if seeds is not None and seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+
+    cells: list[Cell] = []
+
+    def add(options: dict, kind: str = "train", prefix: str = ""):
+        name = run_name(options, prefix)
+        cells.append(Cell(name=name, options=options, kind=kind, experiments=[experiment]))
+
+    for dataset in datasets:
+        q = QUICK.get(dataset, Quick()) if quick else Quick()
+        n_seeds = seeds if seeds is not None else (q.seeds or 3)
+        base = {"dataset": dataset}
+        if experiment in ("timing", "memory"):
+            n_seeds = seeds if seeds is not None else 1
+            base["epochs"] = epochs or (QUICK_MEASURE_EPOCHS if quick else MEASURE_EPOCHS)[experiment]
+        else:
+            base["epochs"] = epochs or q.epochs or PRESETS[dataset]["epochs"]
+            for key in ("train_rows", "test_rows"):
+                if getattr(q, key) is not None:
+                    base[key] = getattr(q, key)
+        for seed in range(n_seeds):
+            seeded = {**base, "seed": seed}
+            if experiment in ACCURACY_EXPERIMENTS:
+                for model in _parse_models(models, GRID_MODELS, experiment):
+                    for d in _densities_for(model, densities, DENSITIES, experiment):
+                        add({**seeded, **model_options(model, d)})
+            elif experiment == "induced-loss":
+                for model in _parse_models(models, DYNAMIC_ALGORITHMS, experiment):
+                    for d in _parse_densities(densities, (0.1,), experiment):
+                        add({**seeded, **model_options(model, d)})
+            elif experiment == "frequency":
+                for model in _parse_models(models, DYNAMIC_ALGORITHMS, experiment):
+                    for d in _parse_densities(densities, (0.1,), experiment):
+                        for t in FREQUENCIES:
+                            add({**seeded, **model_options(model, d), "redistribute_every": t})
+            elif experiment == "depth":
+                for model in _parse_models(models, DYNAMIC_ALGORITHMS, experiment):
+                    for d in _parse_densities(densities, (0.1,), experiment):
+                        for hidden in DEPTH_HIDDEN:
+                            options = {**seeded, **model_options(model, d)}
+                            if list(hidden) != list(PRESETS[dataset]["hidden"]):
+                                options["hidden"] = list(hidden)
+                            add(options)
+            elif experiment == "woodtaylor":
+                _parse_models(models, ("woodtaylor",), experiment)
+                points = [(WOODTAYLOR_BLOCK, lam) for lam in WOODTAYLOR_LAMBDAS]
+                points += [(b, WOODTAYLOR_LAMBDA) for b in WOODTAYLOR_BLOCKS if (b, WOODTAYLOR_LAMBDA) not in points]
+                for d in _parse_densities(densities, (0.1,), experiment):
+                    for block, lam in points:
+                        add({**seeded, **model_options("woodtaylor", d),
+                             "algorithm_options": {"block_size": block, "dampening": lam}})
+            elif experiment == "timing":
+                for model in _parse_models(models, GRID_MODELS, experiment):
+                    for d in _densities_for(model, densities, (0.1,), experiment):
+                        add({**seeded, **model_options(model, d)}, kind="timing", prefix="timing")
+            elif experiment == "memory":
+                shape = {"hidden": list(MEMORY_HIDDEN), **MEMORY_ROWS}
+                # the data, interpreter and kernels alone (subtracted from every peak), once per seed
+                cells.append(Cell(name=f"memory_{dataset}_baseline_s{seed}", kind="memory-baseline",
+                                  options={**seeded, **shape, **model_options("dense-neuron", PARAM_EQ_DENSITY)},
+                                  experiments=[experiment]))
+                for model in _parse_models(models, GRID_MODELS, experiment):
+                    for d in _densities_for(model, densities, DENSITIES, experiment):
+                        add({**seeded, **shape, **model_options(model, d)}, kind="memory", prefix="memory")
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names)), "run names must be unique"
+    return cells

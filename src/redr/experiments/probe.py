@@ -1,0 +1,74 @@
+"""One memory measurement in a fresh process (``python -m redr.experiments.probe REQUEST_JSON``).
+
+The peak is what :func:`redr.training.trainer.peak_memory_bytes` reports after each epoch of a normal
+training run (written to ``metrics.csv`` by the trainer):
+
+* CUDA: the caching allocator's peak of allocated bytes (``torch.cuda.max_memory_allocated``), reset at
+  the start of every epoch, so an epoch's peak includes its redistribution step;
+* CPU: the process's peak resident set size (``VmHWM``), which also counts the interpreter, the
+  libraries and the data. That is why every configuration runs in its own process, and why a baseline
+  process (data loaded, kernels compiled and run once, no model) is measured the same way and
+  subtracted in the report.
+
+Both kinds of process first run a tiny sparse layer and a tiny dense layer forward and backward with
+Adam, so that every process carries the same loaded kernels (numba, BLAS) before the measured part.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+
+def warm_up(device: torch.device) -> None:
+    from redr.sparse.layer import SparseLinear
+
+    # 256 x 128 positions: above the size for which "auto" picks dense math, so the real sparse kernels load
+    for layer in (SparseLinear(256, 128, 0.1, device=device), torch.nn.Linear(256, 128, device=device)):
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+        layer(torch.randn(32, 256, device=device)).square().mean().backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def baseline(config, out: Path) -> None:
+    """The data on the device plus the warmed-up libraries: what every run of this shape carries anyway."""
+    from redr.training.trainer import (CONFIG_FILE, METRICS_FILE, load_data, peak_memory_bytes, write_json_atomic,
+                                       write_metrics)
+
+    device = torch.device(config.device)
+    data = load_data(config, device, progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    peak = peak_memory_bytes(device)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_FILE, {"config": config.to_dict(), "data": data.info,
+                                          "device": {"type": device.type}, "kind": "memory-baseline"})
+    write_metrics(out / METRICS_FILE, [{"epoch": 0, "peak_memory_bytes": peak}])
+    (out / "DONE").write_text(datetime.now(timezone.utc).isoformat() + "\n")
+    print(f"baseline peak {peak / 2**20:.1f} MiB on {device.type}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from redr.training.config import RunConfig
+    from redr.training.trainer import train
+
+    request = json.loads((argv if argv is not None else sys.argv[1:])[0])
+    config = RunConfig.from_dict(request["config"])
+    config.validate()
+    out = Path(request["out"])
+    warm_up(torch.device(config.device))
+    if request.get("baseline"):
+        baseline(config, out)
+    else:
+        train(config, out, overwrite=True, progress=False, command=["redr", "reproduce", "memory"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
