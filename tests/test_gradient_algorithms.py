@@ -22,6 +22,15 @@ from redr.sparse import SparseLinear
 CE = nn.functional.cross_entropy
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny nets gain nothing from intra-op threads, and on a busy machine waiting for them dominates."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------------------------------- fixtures
 def mlp(sizes, density, seed=0, dtype=torch.float64, backend="auto"):
     g = torch.Generator().manual_seed(seed)
@@ -229,6 +238,17 @@ def test_streaming_top_k_matches_sort_with_ties_in_any_offer_order():
             ids, vals = sel.result()
             assert sorted(ids.tolist()) == want, (k, chunk)
             assert torch.equal(vals, scores[ids])
+
+
+def test_kth_largest_is_exact_with_and_without_a_good_bracket():
+    g = torch.Generator().manual_seed(1)
+    for n, sample_size in ((300_000, 65536), (1000, 16), (1000, 4)):
+        values = torch.randint(0, 50, (n,), generator=g).float()
+        values[: n // 3] = torch.sort(values[: n // 3]).values  # structure that can bias a strided sample
+        chunks = list(values.split(max(97, n // 10)))
+        for k in (1, 5, n // 3, n - 1, n):
+            want = torch.sort(values, descending=True).values[k - 1]
+            assert dense_grad.kth_largest(chunks, n, k, sample_size) == want
 
 
 def global_expected(model, grads, alpha, floors=None):

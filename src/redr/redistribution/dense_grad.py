@@ -291,6 +291,33 @@ def top_k_index(scores: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor
     return torch.cat([gt, eq])
 
 
+def kth_largest(chunks: list[torch.Tensor], n: int, k: int, sample_size: int = 65536) -> torch.Tensor:
+    """The ``k``-th largest of the ``n`` values in ``chunks`` (a 0-d tensor), exactly, without copying them all.
+
+    An evenly strided sample brackets the answer between two sampled values (four standard
+    deviations of the sample quantile either side); one counting pass checks the bracket and only
+    the values inside it are gathered for an exact ``kthvalue``. If the bracket misses (or ``n`` is
+    small) all values are concatenated instead.
+    """
+    if n > 4 * sample_size:
+        step = max(1, n // sample_size)
+        sample = torch.sort(torch.cat([c[::step] for c in chunks]), descending=True).values
+        m = sample.numel()
+        q = k / n
+        margin = 4.0 * math.sqrt(q * (1.0 - q) * m) + 2.0
+        hi = sample[max(0, int(q * m - margin))]
+        lo = sample[min(m - 1, int(math.ceil(q * m + margin)))]
+        above = sum(int((c > hi).sum()) for c in chunks)
+        if above < k:
+            inside = [c[(c >= lo) & (c <= hi)] for c in chunks]
+            inside = torch.cat(inside) if len(inside) > 1 else inside[0]
+            need = k - above  # the need-th largest of the values inside the bracket
+            if need <= inside.numel():
+                return torch.kthvalue(inside, inside.numel() - need + 1).values
+    s_all = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    return torch.kthvalue(s_all, n - k + 1).values
+
+
 class StreamingTopK:
     """Exact top ``k`` of (score, id) pairs offered in pieces; among equal scores the lower id wins.
 
@@ -298,7 +325,7 @@ class StreamingTopK:
     marked ``-1``). Once ``k`` candidates have been kept, ``bound`` is the ``k``-th best score: a new
     candidate is admitted only if it beats the worst kept one (a higher score, or the same score and a
     lower id). The buffer is cut back to ``k`` whenever it exceeds ``k + slack`` pairs (default slack
-    ``max(k // 2, 65536)``; and by the callers after every layer), so it holds ``O(k + one offer)`` pairs.
+    ``max(k // 4, 65536)``; and by the callers after every layer), so it holds ``O(k + one offer)`` pairs.
 
     Each offer's ids are increasing (a tile's positions in row-major order) and the chunks are kept
     sorted by id, so ties are resolved by walking the chunks in order, without sorting ids. Ids are
@@ -309,7 +336,7 @@ class StreamingTopK:
         self.k = max(0, int(k))
         self.bound = float(floor)
         self.tie_id = None  # while full: the id of the worst kept candidate (score == bound)
-        self.limit = self.k + (max(self.k // 2, 65536) if slack is None else int(slack))
+        self.limit = self.k + (max(self.k // 4, 65536) if slack is None else int(slack))
         self.id_dtype = torch.int32 if id_limit is not None and id_limit <= 2**31 - 1 else torch.int64
         self._scores: list[torch.Tensor] = []
         self._ids: list[torch.Tensor] = []
@@ -362,18 +389,16 @@ class StreamingTopK:
     def compact(self) -> None:
         """Cut the buffer back to the best ``k`` and raise ``bound`` to the ``k``-th score.
 
-        One ``kthvalue`` over the scores, then chunk by chunk: keep the scores above it and, walking
-        the chunks in id order, as many of the scores equal to it as are still needed. Needs about
-        twice the buffer's scores on top of the buffer, never a second copy of the whole buffer."""
+        Find the ``k``-th score (:func:`kth_largest`), then chunk by chunk: keep the scores above it
+        and, walking the chunks in id order, as many of the scores equal to it as are still needed.
+        Needs a byte per held pair plus the kept pairs on top of the buffer, never a copy of it."""
         if self.size < self.k or self.k == 0 or (self.size == self.k and not self._dirty):
             return
         self._dirty = False
         if self._overlap:
             self._merge_chunks()
         self.compactions += 1
-        s_all = torch.cat(self._scores) if len(self._scores) > 1 else self._scores[0]
-        v = torch.kthvalue(s_all, self.size - self.k + 1).values  # the k-th largest
-        del s_all
+        v = kth_largest(self._scores, self.size, self.k)
         gts = [c > v for c in self._scores]
         need = self.k - sum(int(g.sum()) for g in gts)
         scores, ids, ranges, tie_id = [], [], [], None
