@@ -189,9 +189,10 @@ class BlockInverse:
         """``[F^-1]_qq`` as ``(n_blocks, B)``."""
         return self.packed[:, self._pk.diag]
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """``F^-1 v`` block by block, ``v`` shaped ``(n_blocks, B)``."""
-        out = torch.empty_like(v)
+    def matvec(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``F^-1 v`` block by block, ``v`` shaped ``(n_blocks, B)`` (``out`` may be given, not ``v``)."""
+        if out is None:
+            out = torch.empty_like(v)
         for c in range(0, self.layout.n_blocks, self.chunk_blocks):
             full = self._pk.unpack(self.packed[c:c + self.chunk_blocks], dtype=v.dtype)
             out[c:c + self.chunk_blocks] = torch.bmm(full, v[c:c + self.chunk_blocks].unsqueeze(-1)).squeeze(-1)

@@ -54,17 +54,21 @@ def layer_floor(layer: SparseLinear) -> int:
 
 def removal_statistics(w: torch.Tensor, inv: BlockInverse, newton: torch.Tensor | None = None):
     """``(z, d, rho)`` per block slot: ``z = w - a`` (``a = F^-1 g``, or 0), ``d = [F^-1]_qq``,
-    ``rho = z^2 / (2 d)``. All ``(n_blocks, B)``."""
+    ``rho = z^2 / (2 d)``. All ``(n_blocks, B)``; ``z`` is ``w`` itself when ``newton`` is None."""
     d = inv.diag().to(w.dtype)
     z = w - newton if newton is not None else w
-    return z, d, z * z / (2 * d)
+    return z, d, z.square().div_(d).mul_(0.5)
 
 
 def optimal_update(inv: BlockInverse, z: torch.Tensor, d: torch.Tensor, removed: torch.Tensor,
-                   newton: torch.Tensor | None = None) -> torch.Tensor:
-    """``dw = -a - F^-1 c`` with ``c_q = z_q / d_q`` at removed slots (``removed``: bool ``(n_blocks, B)``)."""
-    c = torch.where(removed, z / d, torch.zeros((), dtype=z.dtype, device=z.device))
-    dw = inv.matvec(c).neg_()
+                   newton: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``dw = -a - F^-1 c`` with ``c_q = z_q / d_q`` at removed slots (``removed``: bool ``(n_blocks, B)``).
+
+    ``out`` (not ``z`` nor ``d``) may receive ``c`` and then the result, to save a temporary."""
+    c = torch.div(z, d, out=out) if out is not None else z / d
+    c.mul_(removed)
+    dw = inv.matvec(c, out=torch.empty_like(c) if out is None else d.new_empty(d.shape))
+    dw.neg_()
     if newton is not None:
         dw -= newton
     return dw
@@ -154,7 +158,7 @@ class RedrWoodfisher(RedistributionAlgorithm):
         w = layout.to_blocks([layer.values.detach() for layer in layers], dtype=dtype, device=device)
         newton = inv.matvec(inv.mean_grad) if self.uses_gradient else None
         z, d, rho = removal_statistics(w, inv, newton)
-        pad = ~layout.padding_mask(device)
+        del w
 
         total = sum(layer.nnz for layer in layers)
         allowance = [layer.nnz - layer_floor(layer) for layer in layers]
@@ -162,7 +166,11 @@ class RedrWoodfisher(RedistributionAlgorithm):
         removed = layout.to_blocks([torch.zeros(layer.nnz, dtype=torch.bool, device=device).index_fill_(0, r, True)
                                     for layer, r in zip(layers, removes)],
                                    out=torch.zeros(layout.n_blocks, layout.block_size, dtype=torch.bool, device=device))
-        dw = optimal_update(inv, z, d, removed, newton)
+        sum_rho_removed = float(rho[removed].sum())
+        newton_term = float(-0.5 * (inv.mean_grad * newton).sum()) if newton is not None else None
+        dw = optimal_update(inv, z, d, removed, newton, out=rho)  # rho's memory holds c (rho is done)
+        count = inv.count
+        del inv, z, d, rho, newton  # free F^-1 (and the rest) before the growth and the topology change
         updates = layout.from_blocks(dw)
 
         n_removed = sum(r.numel() for r in removes)
@@ -171,10 +179,10 @@ class RedrWoodfisher(RedistributionAlgorithm):
         plans = [LayerPlan(r.to(layer.values.device), random_growth(layer, share, ctx.generator),
                            value_update=u.to(layer.values.device))
                  for layer, r, share, u in zip(layers, removes, shares, updates)]
-        info = {"fisher_steps": inv.count, "block_size": self.block_size, "dampening": self.dampening,
-                "sum_rho_removed": float(rho[removed].sum()), "update_norm": float(dw.masked_fill(pad, 0).norm())}
-        if newton is not None:
-            info["newton_term"] = float(-0.5 * (inv.mean_grad * newton).sum())
+        info = {"fisher_steps": count, "block_size": self.block_size, "dampening": self.dampening,
+                "sum_rho_removed": sum_rho_removed, "update_norm": float(dw.norm())}  # padding slots of dw are 0
+        if newton_term is not None:
+            info["newton_term"] = newton_term
         return RedistributionPlan(plans, info)
 
 
