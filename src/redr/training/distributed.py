@@ -302,16 +302,18 @@ def environment() -> Optional[dict]:
 
 def match_threads(threads: Optional[int] = None) -> int:
     """Use ``threads`` (default: torch's current count, which torchrun's ``OMP_NUM_THREADS=1`` sets) in torch and in
-    the numba kernels, so that N processes on one machine do not each start one thread per core."""
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    n = torch.get_num_threads()
+    the numba kernels, so that N processes on one machine do not each start one thread per core.
+
+    Order matters: starting numba's OpenMP thread pool resets the OpenMP thread count that torch reports and uses
+    (measured: ``OMP_NUM_THREADS=1`` gave torch 2 threads once numba had started), so torch is set last."""
+    n = max(1, int(threads)) if threads is not None else torch.get_num_threads()
     try:
         import numba
 
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     except ImportError:  # pragma: no cover - numba is a dependency, but keep torch-only use working
         pass
+    torch.set_num_threads(n)
     return n
 
 
@@ -391,12 +393,15 @@ def train(config, out_dir, *, overwrite: bool = False, resume: bool = False, pro
         check_out_dir(Path(out_dir), overwrite, resume)  # fail before loading data (every rank, no side effects)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = staged(parallel, lambda: load_data(config, device, progress and parallel.rank == 0), local_rank)
-    trainer = train_one(config, out_dir, overwrite=overwrite, resume=resume, progress=progress,
+    # Every rank checked the directory above, before the barriers in staged(); rank 0 may already have written
+    # config.json by the time another rank gets here, so the others (which never write) must not refuse it now.
+    trainer = train_one(config, out_dir, overwrite=overwrite or (parallel.rank != 0 and not resume), resume=resume,
+                        progress=progress,
                         log=log if parallel.rank == 0 else (lambda *_: None), command=command, dataset=dataset,
                         parallel=parallel)
     if parallel.rank == 0 and parallel.steps:
-        log(f"data parallel: {parallel.world_size} processes ({parallel.backend}); per-step collectives "
-            f"{1000 * parallel.comm_seconds / parallel.steps:.2f} ms/step on rank 0")
+        log(f"data parallel: {parallel.world_size} processes ({parallel.backend}); gradient all-reduce "
+            f"{1000 * parallel.comm_seconds / parallel.steps:.2f} ms/step on rank 0 (waits for slower processes included)")
     return trainer
 
 
