@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -90,22 +90,35 @@ def options_from_args(args: argparse.Namespace) -> dict:
     return given
 
 
+def _one_line_warnings(show):
+    """Checkpoint fallbacks print as one ``warning: ...`` line on stderr; other warnings as before."""
+    from redr.training.checkpoint import CheckpointFallbackWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CheckpointFallbackWarning):
+            import sys
+
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def run_train(args: argparse.Namespace) -> int:
     import sys
 
-    from redr.training.trainer import CONFIG_FILE, train
+    from redr.training.trainer import saved_config, train
 
     given = options_from_args(args)
     if args.resume:
         if args.out and Path(args.out) != Path(args.resume):
             raise UsageError("give either --resume DIR or --out DIR, not two different directories")
         out = Path(args.resume)
-        try:
-            saved = json.loads((out / CONFIG_FILE).read_text())["config"]
-        except FileNotFoundError:
-            raise UsageError(f"--resume {out}: no {CONFIG_FILE} there (not a redr run directory)") from None
-        except (ValueError, KeyError) as exc:
-            raise UsageError(f"--resume {out}: {CONFIG_FILE} is unreadable ({exc})") from None
+        if not out.is_dir():
+            raise UsageError(f"--resume {out}: no such directory")
+        saved = saved_config(out)
+        if not isinstance(saved, dict):
+            raise UsageError(f"--resume {out}: config.json holds no config")
         config = RunConfig.from_dict({**saved, **given})
         config.validate()
     else:
@@ -113,8 +126,10 @@ def run_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / (
             f"{config.dataset}-{config.model}-{config.algorithm}-d{config.density}-s{config.seed}-"
             f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    trainer = train(config, out, overwrite=args.overwrite, resume=bool(args.resume), progress=not args.no_progress,
-                    command=["redr", *sys.argv[1:]])
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        trainer = train(config, out, overwrite=args.overwrite, resume=bool(args.resume), progress=not args.no_progress,
+                        command=["redr", *sys.argv[1:]])
     last = trainer.metrics[-1] if trainer.metrics else None
     if last is not None:
         print(f"done: {out}  final test_acc {last['test_acc']:.4f}  (metrics.csv, config.json)")

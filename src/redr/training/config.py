@@ -7,6 +7,8 @@ with one line that names the option and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -14,6 +16,9 @@ from redr.errors import UsageError
 
 MODEL_KINDS = ("sparse", "dense-neuron", "dense-param")
 DATASET_NAMES = ("kmnist", "fashion-mnist", "higgs", "synthetic")
+IMAGE_DATASETS = ("kmnist", "fashion-mnist")
+#: (input features, network outputs) of each dataset, so that options are checked before any data is read.
+DATASET_SHAPES = {"kmnist": (784, 10), "fashion-mnist": (784, 10), "higgs": (21, 1), "synthetic": (32, 10)}
 
 #: The paper's setups (section 3.2 / 3.3). KMNIST's epoch count is not stated in the paper: we use 30
 #: (Adam at lr 5e-4 with augmentation has flattened by then in our Fashion-MNIST runs; see README).
@@ -94,47 +99,84 @@ class RunConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        from redr.redistribution.registry import ALGORITHMS, algorithm_options
+        """Every option's type and range and the combinations that make no sense; one UsageError line.
+
+        Shared by ``redr train`` (also on ``--resume``) and the Python API (``RunConfig.from_options``,
+        :func:`redr.training.trainer.train`). See docs/reliability.md for the list and the messages.
+        """
+        from redr.redistribution.registry import ALGORITHMS, algorithm_options, make_algorithm
 
         def bad(msg):
             raise UsageError(msg)
 
+        def flag(name):
+            return "--" + name.replace("_", "-")
+
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
         def whole(name, low):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                bad(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
+            if not is_int(value) or value < low:
+                bad(f"{flag(name)} must be a whole number >= {low}, got {value!r}")
 
+        if self.preset not in PRESETS:
+            bad(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.dataset not in DATASET_NAMES:
             bad(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
         if self.model not in MODEL_KINDS:
             bad(f"unknown model kind {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
-        if self.algorithm not in ALGORITHMS:
+        if not isinstance(self.algorithm, str) or self.algorithm not in ALGORITHMS:
             bad(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if not isinstance(self.density, (int, float)) or isinstance(self.density, bool) or not 0 < self.density <= 1:
+        if not is_number(self.density) or not 0 < self.density <= 1:
             bad(f"--density must be in (0, 1], got {self.density!r}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("redistribute_every", 1), ("redistribution_batches", 1),
                           ("induced_loss_rows", 1), ("seed", 0)):
             whole(name, low)
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            bad(f"--lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.hidden, (list, tuple)) or not self.hidden or any(
-                not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in self.hidden):
+        if self.seed >= 2**63:
+            bad(f"--seed must be below 2**63, got {self.seed}")
+        if not is_number(self.lr) or not 0 < self.lr < 1e30:
+            bad(f"--lr must be a positive number below 1e30 (Adam's first step, 10 x lr, must fit a float32), got {self.lr!r}")
+        if not isinstance(self.hidden, (list, tuple)) or not self.hidden or any(not is_int(h) or h < 1 for h in self.hidden):
             bad(f"--hidden needs one or more layer sizes >= 1, got {self.hidden!r}")
         self.hidden = list(self.hidden)
-        if not 0 <= self.alpha0 <= 1:
-            bad(f"--alpha0 must be in [0, 1], got {self.alpha0!r}")
-        if not 0 <= self.end_fraction <= 1:
-            bad(f"--end-fraction must be in [0, 1], got {self.end_fraction!r}")
+        for name in ("alpha0", "end_fraction"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0 <= value <= 1:
+                bad(f"{flag(name)} must be in [0, 1], got {value!r}")
         for name in ("train_rows", "test_rows"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                bad(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+            if value is not None and (not is_int(value) or value < 1):
+                bad(f"{flag(name)} must be a whole number >= 1, got {value!r}")
+        for name in ("dense_last", "augment", "download"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.on_nonfinite not in ("stop", "skip-batch"):
             bad(f"--on-nonfinite must be 'stop' or 'skip-batch', got {self.on_nonfinite!r}")
         if self.backend not in ("auto", "numba", "torch", "dense"):
             bad(f"--backend must be auto, numba, torch or dense, got {self.backend!r}")
-        if self.augment and self.dataset == "higgs":
-            bad("--augment applies to image datasets only (HIGGS rows are not images)")
+        if self.data_dir is not None and not isinstance(self.data_dir, (str, os.PathLike)):
+            bad(f"--data-dir must be a path, got {self.data_dir!r}")
+        self._validate_device()
+        if not isinstance(self.algorithm_options, dict) or not isinstance(self.augment_options, dict):
+            bad("algorithm_options and augment_options must be dicts")
+
+        # combinations
+        if self.augment and self.dataset not in IMAGE_DATASETS:
+            what = "HIGGS rows are not images" if self.dataset == "higgs" else f"{self.dataset} has no image shape"
+            bad(f"--augment applies to image datasets only ({what})")
+        if self.augment_options and not self.augment:
+            bad(f"augmentation option(s) {', '.join(sorted(self.augment_options))} need --augment")
+        if self.augment_options:
+            from redr.data import RandomAffine
+
+            try:
+                RandomAffine(**self.augment_options)
+            except TypeError as exc:
+                bad(f"augmentation options {sorted(self.augment_options)}: {exc}")
         if self.model != "sparse" and self.algorithm != "none":
             bad(f"--algorithm {self.algorithm} needs --model sparse (a dense model has nothing to redistribute)")
         accepted = algorithm_options(self.algorithm)
@@ -142,3 +184,75 @@ class RunConfig:
         if wrong:
             takes = ", ".join(accepted) or "no options"
             bad(f"option(s) {', '.join(wrong)} do not apply to --algorithm {self.algorithm} (it takes: {takes})")
+        if self.algorithm_options:
+            try:
+                make_algorithm(self.algorithm, **self.algorithm_options)
+            except UsageError:
+                raise
+            except (TypeError, ValueError) as exc:
+                given = ", ".join(f"{k}={v!r}" for k, v in self.algorithm_options.items())
+                bad(f"--algorithm {self.algorithm} rejects {given}: {exc}")
+        num_features, num_outputs = DATASET_SHAPES[self.dataset]
+        self.check_layer_sizes(self.sizes(num_features, num_outputs))
+
+    def _validate_device(self) -> None:
+        if self.device is None:
+            return
+        import torch
+
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise UsageError(f"--device {self.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise UsageError(f"--device {self.device}: no CUDA device is available here (use --device cpu)")
+            if device.index is not None and device.index >= count:
+                raise UsageError(f"--device {self.device}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+        elif device.type not in ("cpu", "mps"):
+            raise UsageError(f"--device {self.device}: unsupported device type {device.type!r} (cpu or cuda)")
+
+    def sparse_layer_sizes(self, sizes: list[int]) -> list[tuple[int, int, int]]:
+        """``(index, in, out)`` of the layers that are sparse at ``self.density`` (all but a dense last)."""
+        n = len(sizes) - 1
+        return [(i, sizes[i], sizes[i + 1]) for i in range(n) if not (self.dense_last and i == n - 1)]
+
+    def check_layer_sizes(self, sizes: list[int]) -> None:
+        """Densities that cannot be built as asked.
+
+        *Zero inputs*: a sparse layer gives each output neuron ``round(density * fan_in)`` inputs, at least
+        one (``SparseLinear`` raises a 0 to 1, so no neuron is ever built without inputs; it would then be
+        silently denser than asked). A density for which that number rounds to 0 in some layer is refused.
+        Redistribution may later take every input of a neuron away (a dead neuron keeps its bias); that is
+        the algorithms' choice, as in SET/RigL, and not checked here.
+
+        *Room to grow*: a redistributing algorithm grows as many weights as it removes, at positions that
+        are inactive before the step; a layer needs at least as many inactive positions as the largest
+        removal of the schedule (so ``--density 1`` only works with ``--algorithm none``).
+        """
+        if self.model == "dense-neuron":
+            return
+        layers = self.sparse_layer_sizes(sizes)
+        for i, fan_in, fan_out in layers:
+            if round(self.density * fan_in) < 1:
+                smallest = max(1.0 / f for _, f, _ in layers)
+                raise UsageError(
+                    f"--density {self.density} leaves the neurons of layer {i} ({fan_in} -> {fan_out}) with zero inputs "
+                    f"(round({self.density} x {fan_in}) = 0); use --density >= {smallest:.6g} (one input per neuron "
+                    f"in every sparse layer)")
+        if self.model != "sparse" or self.algorithm == "none":
+            return
+        from redr.redistribution.schedule import RedistributionSchedule
+
+        schedule = RedistributionSchedule(self.epochs, self.redistribute_every, self.alpha0, self.end_fraction)
+        alpha = max((schedule.alpha(e) for e in schedule.epochs()), default=0.0)
+        for i, fan_in, fan_out in layers:
+            per_neuron = max(1, min(fan_in, int(round(self.density * fan_in))))
+            nnz, free = fan_out * per_neuron, fan_out * (fan_in - per_neuron)
+            moved = int(alpha * nnz)
+            if moved > free:
+                raise UsageError(
+                    f"--density {self.density} leaves layer {i} ({fan_in} -> {fan_out}) {free} inactive positions, "
+                    f"too few to grow the {moved} weights that --algorithm {self.algorithm} moves at alpha {alpha:.3g}; "
+                    f"use a lower --density, a smaller --alpha0, or --algorithm none")

@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,7 +40,8 @@ from redr.training.config import RunConfig
 
 GENERATORS = ("init", "data", "augment", "redistribution-data")
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.csv"
-OUR_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.CHECKPOINT, checkpoint.PREVIOUS, checkpoint.CHECKPOINT + ".tmp", "DONE")
+OUR_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.CHECKPOINT, checkpoint.PREVIOUS, checkpoint.TEMPORARY,
+             checkpoint.PREVIOUS + ".tmp", "DONE")
 
 
 class NonFiniteError(RedrError):
@@ -101,6 +103,7 @@ class ModelSummary:
 def build_model(config: RunConfig, num_features: int, num_outputs: int, generator: torch.Generator, device):
     """The model of ``config.model`` and a summary with the counts the paper compares."""
     sizes = config.sizes(num_features, num_outputs)
+    config.check_layer_sizes(sizes)
     sparse = build_mlp(sizes, config.density, dense_last=config.dense_last, generator=generator,
                        backend=config.backend, device=device)
     sparse_weights = count_weights(sparse)
@@ -200,21 +203,66 @@ class Trainer:
         n = min(self.config.induced_loss_rows, self.data.train_x.shape[0])
         return self.data.train_x[:n], self.data.train_y[:n]
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> bool:
-        if bool(torch.isfinite(loss)):
+    def _check_finite(self, loss: torch.Tensor, x: torch.Tensor, epoch: int, step: int) -> bool:
+        """After backward: True if the loss and every gradient are finite. Otherwise skip the batch
+        (``--on-nonfinite skip-batch``, weights still finite) or stop with a :class:`NonFiniteError`
+        naming the epoch, the step and the layer. One device sync per step."""
+        finite = torch.isfinite(loss.detach())
+        for p in self.model.parameters():
+            if p.grad is not None:
+                finite = finite & torch.isfinite(p.grad).all()
+        if bool(finite):
             return True
-        where = self._nonfinite_parameters()
-        if self.config.on_nonfinite == "skip-batch" and not where:
+        bad_weights = self._nonfinite_parameters()
+        if self.config.on_nonfinite == "skip-batch" and not bad_weights:
             self.optimizer.zero_grad(set_to_none=True)
             self._skipped += 1
             return False
-        raise NonFiniteError(f"non-finite training loss ({float(loss)}) at epoch {epoch}, step {step}"
-                             + (f"; non-finite values in {', '.join(where)}" if where else "")
-                             + (f"; the last good checkpoint is in {self.out_dir}" if self.out_dir else "")
-                             + ("; rerun with --on-nonfinite skip-batch to skip such batches" if not where else ""))
+        value = float(loss.detach())
+        what = (f"non-finite training loss ({value})" if not math.isfinite(value)
+                else f"non-finite gradient ({', '.join(self._nonfinite_gradients())}; loss {value:.6g})")
+        raise NonFiniteError(f"{what} at epoch {epoch}, step {step}/{self._epoch_steps}: {self._diagnose(x, bad_weights)}"
+                             + self._last_good()
+                             + ("" if bad_weights else "; if only some batches are bad (NaN/inf in the data), rerun with "
+                                "--on-nonfinite skip-batch to skip them; a diverging run needs a smaller --lr"))
 
     def _nonfinite_parameters(self) -> list[str]:
         return [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+    def _nonfinite_gradients(self) -> list[str]:
+        return [name for name, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+
+    @torch.no_grad()
+    def _diagnose(self, x: torch.Tensor, bad_weights: list[str]) -> str:
+        """Where the non-finite numbers come from: the weights of a layer, the input batch, or the first
+        layer whose output is not finite."""
+        if bad_weights:
+            return "non-finite weights in " + ", ".join(f"layer {n.rpartition('.')[0] or n} ({n})" for n in bad_weights)
+        if not bool(torch.isfinite(x).all()):
+            rows = (~torch.isfinite(x)).any(1).nonzero().squeeze(1).tolist()
+            return f"the input batch has NaN/inf in {len(rows)} of its rows (data; first row {rows[0]} of the batch)"
+        found = []
+
+        def hook(module, inputs, output, name=None):
+            if not found and torch.is_tensor(output) and not bool(torch.isfinite(output).all()):
+                shape = f" {module.in_features} -> {module.out_features}" if hasattr(module, "in_features") else ""
+                found.append(f"layer {name} ({type(module).__name__}{shape}) is the first with a non-finite output")
+
+        handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(mod, i, o, n))
+                   for name, m in self.model.named_children()]
+        try:
+            self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return found[0] if found else "finite forward pass (the loss or a gradient overflowed)"
+
+    def _last_good(self) -> str:
+        if self.out_dir is None or not self.is_writer:
+            return ""
+        if (self.out_dir / checkpoint.CHECKPOINT).exists():
+            return f"; the last good checkpoint (after epoch {self.epoch}) stays in {self.out_dir}"
+        return "; no checkpoint was written yet"
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int) -> float:
@@ -234,7 +282,8 @@ class Trainer:
 
             bar = tqdm(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {epoch}/{self.config.epochs}",
                        leave=False, dynamic_ncols=True, file=sys.stderr)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        # continue the epoch's float64 sum exactly where a mid-epoch checkpoint left it
+        loss_sum = torch.full((), self._epoch_loss_sum, dtype=torch.float64, device=self.device)
         for step in range(self.step_in_epoch, len(batches)):
             idx = batches[step]
             x, y = self.data.train_x[idx], self.data.train_y[idx]
@@ -242,8 +291,8 @@ class Trainer:
                 x = self.augment(x.view(-1, *self.data.image_shape), self.generators["augment"]).view(x.shape[0], -1)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.train_model(x), y)
-            if self._check_finite(loss, epoch, step + 1):
-                loss.backward()
+            loss.backward()
+            if self._check_finite(loss, x, epoch, step + 1):
                 self.optimizer.step()
                 loss_sum += loss.detach()
                 self._epoch_batches += 1
@@ -256,8 +305,8 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
-        self._epoch_loss_sum += float(loss_sum)
-        return self._epoch_loss_sum / max(1, self._epoch_batches)
+        self._epoch_loss_sum = float(loss_sum)
+        return self._epoch_loss_sum / self._epoch_batches if self._epoch_batches else math.nan
 
     def redistribution_batches(self):
         """The minibatch(es) given to gradient-based growth: drawn from their own generator, so the
@@ -276,9 +325,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_seconds = time.perf_counter() - start
+        if self._epoch_batches == 0 and self._skipped:
+            raise NonFiniteError(f"every batch of epoch {epoch} ({self._skipped}) had a non-finite loss or gradient and "
+                                 "was skipped; the run diverged (try a smaller --lr)" + self._last_good())
         bad = self._nonfinite_parameters()
         if bad:
-            raise NonFiniteError(f"non-finite weights after epoch {epoch} in {', '.join(bad)}")
+            raise NonFiniteError(f"non-finite weights after epoch {epoch}, step {self._epoch_steps}: "
+                                 + self._diagnose(self.data.train_x[:1], bad) + self._last_good())
         row = {"epoch": epoch, "train_loss": train_loss}
         row["test_loss"], row["test_acc"] = self.evaluate(self.data.test_x, self.data.test_y)
         row.update(alpha=0.0, loss_before_redistribution=math.nan, loss_after_redistribution=math.nan,
@@ -356,7 +409,8 @@ class Trainer:
     # ------------------------------------------------------------------ files and state
     def state_dict(self) -> dict:
         return {
-            "config": self.config.to_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "config": self.config.to_dict(), "sizes": list(self.summary.sizes),
+            "redr_version": __import__("redr").__version__, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "epoch_data_state": self._epoch_data_state, "epoch_loss_sum": self._epoch_loss_sum,
             "epoch_batches": self._epoch_batches, "skipped": self._skipped,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -371,16 +425,17 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.redistributor is not None:
-            self.redistributor.load_state_dict(state["redistributor"])
-        for k, g in self.generators.items():
-            g.set_state(state["generators"][k])
-        torch.set_rng_state(state["rng"]["torch"])
+            self.redistributor.load_state_dict({**state["redistributor"], "generator": state["redistributor"]["generator"].cpu()})
+        for k, g in self.generators.items():  # generator states are CPU tensors whatever map_location was
+            g.set_state(state["generators"][k].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self._epoch_data_state = state["epoch_data_state"]
+        data_state = state["epoch_data_state"]
+        self._epoch_data_state = data_state.cpu() if torch.is_tensor(data_state) else data_state
         self._epoch_loss_sum, self._epoch_batches = state["epoch_loss_sum"], state["epoch_batches"]
         self._skipped = state["skipped"]
         self.metrics = list(state["metrics"])
@@ -388,6 +443,10 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.out_dir is None or not self.is_writer:
             return
+        bad = self._nonfinite_parameters()
+        if bad:  # never replace a good checkpoint by one that cannot be resumed
+            raise NonFiniteError(f"non-finite weights in {', '.join(bad)} at epoch {self.epoch + 1}, step "
+                                 f"{self.step_in_epoch}; no checkpoint written" + self._last_good())
         checkpoint.save(self.out_dir, self.state_dict())
         write_metrics(self.out_dir / METRICS_FILE, self.metrics)
 
@@ -456,7 +515,7 @@ def check_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) 
         raise UsageError(f"--out {out_dir} exists and is not a directory")
     existing = [name for name in OUR_FILES if (out_dir / name).exists()]
     if resume:
-        if not (out_dir / checkpoint.CHECKPOINT).exists() and not (out_dir / checkpoint.PREVIOUS).exists():
+        if not any((out_dir / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, CONFIG_FILE)):
             raise UsageError(f"--resume {out_dir}: no checkpoint there to resume from")
     elif existing and not overwrite:
         raise UsageError(f"output dir {out_dir} already holds a run ({', '.join(existing)}); "
@@ -464,9 +523,54 @@ def check_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) 
     return existing
 
 
-def config_differences(saved: dict, requested: dict) -> list[str]:
-    keys = sorted(set(saved) | set(requested))
-    return [f"{k}: saved {saved.get(k)!r}, requested {requested.get(k)!r}" for k in keys if saved.get(k) != requested.get(k)]
+def saved_config(out: Path) -> dict:
+    """The ``config`` of a run directory's config.json (a UsageError if missing or unreadable)."""
+    try:
+        return json.loads((out / CONFIG_FILE).read_text())["config"]
+    except FileNotFoundError:
+        raise UsageError(f"--resume {out}: no {CONFIG_FILE} there (not a redr run directory)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume {out}: {CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def resume_from(trainer: Trainer, out: Path, log: Callable[[str], None] = print) -> None:
+    """Load the newest usable checkpoint of ``out`` into ``trainer`` (see :mod:`redr.training.resume`).
+
+    The requested config must equal the saved one (except :data:`~redr.training.resume.RESUMABLE_CHANGES`);
+    a checkpoint that does not load, fails its checksum or its validation is skipped for the previous one
+    (a :class:`~redr.training.checkpoint.CheckpointFallbackWarning`). A run killed before its first
+    checkpoint starts again from epoch 1.
+    """
+    from redr.training.resume import check_resume_config, validate_checkpoint
+
+    requested = trainer.config.to_dict()
+    if not any((out / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS)):
+        changes = check_resume_config(saved_config(out), requested, out)
+        log(f"resuming {out}: no checkpoint yet (stopped during its first epoch); starting again from epoch 1")
+        if changes and trainer.is_writer:
+            trainer.write_config()
+        return
+    changes: list[str] = []
+
+    def validate(state: dict) -> None:
+        if not isinstance(state.get("config"), dict):
+            raise checkpoint.CheckpointError("the checkpoint holds no config")
+        changes[:] = check_resume_config(state["config"], requested, out)
+        validate_checkpoint(state, trainer)
+        try:
+            trainer.load_state_dict(state)
+        except Exception as exc:  # whatever validation missed: still one line naming the problem
+            raise checkpoint.CheckpointError(f"cannot be loaded into the run ({type(exc).__name__}: {exc})") from exc
+
+    checkpoint.load(out, validate=validate, map_location=trainer.device)
+    if changes:
+        log(f"resuming with changed option(s): {'; '.join(changes)}")
+    if trainer.is_writer:  # metrics.csv may lag the checkpoint by one epoch after a kill
+        write_metrics(out / METRICS_FILE, trainer.metrics)
+    if trainer.epoch >= trainer.config.epochs:
+        log(f"{out}: the run is already complete ({trainer.epoch} epochs); nothing to train")
+    else:
+        log(f"resuming {out} after epoch {trainer.epoch}" + (f", step {trainer.step_in_epoch}" if trainer.step_in_epoch else ""))
 
 
 def train(config: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, overwrite: bool = False, resume: bool = False,
@@ -478,18 +582,12 @@ def train(config: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, ove
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is None:
         raise UsageError("resume needs the run's output directory")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in its directory and --overwrite replaces it: give one of them")
     existing = check_out_dir(out, overwrite, resume) if out is not None else []
     trainer = Trainer(config, out, progress=progress, log=log, **trainer_kwargs)
     if resume:
-        from redr.training.resume import validate_checkpoint
-
-        state = checkpoint.load(out, validate=lambda s: validate_checkpoint(s, trainer), map_location=trainer.device)
-        diff = config_differences(state["config"], config.to_dict())
-        if diff:
-            raise UsageError(f"--resume {out}: the requested config differs from the saved one ({'; '.join(diff)}); "
-                             "resume with the same options, or start a new run in another --out")
-        trainer.load_state_dict(state)
-        log(f"resuming {out} after epoch {trainer.epoch}" + (f", step {trainer.step_in_epoch}" if trainer.step_in_epoch else ""))
+        resume_from(trainer, out, log)
     elif out is not None and trainer.is_writer:
         out.mkdir(parents=True, exist_ok=True)
         for name in existing:
