@@ -113,6 +113,19 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert {p.cell.name: p.state for p in plan_grid(cells, tmp_path, "cpu", None, retry_failed=True)}[cells[0].name] == "redo"
 
 
+def test_an_algorithm_that_cannot_be_loaded_is_skipped_not_fatal(tmp_path, monkeypatch, capsys):
+    import redr.redistribution.registry as registry
+
+    monkeypatch.setitem(registry.ALGORITHMS, "woodtaylor", "redr.no_such_module:Nothing")  # not landed yet
+    args = ["reproduce", "synthetic", "--algorithms", "woodtaylor,none", "--densities", "0.1", "--seeds", "1",
+            "--epochs", "1", "--no-progress", "--quiet", "--no-report", "--out", str(tmp_path)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "skipping every 'woodtaylor' run" in out and "not available here: woodtaylor" in out
+    assert (tmp_path / "synthetic_none_d0.1_s0" / "DONE").exists()
+    assert not (tmp_path / "synthetic_woodtaylor_d0.1_s0").exists()
+
+
 def test_report_copy_regenerates_without_checkpoints(tiny_grid, tmp_path, capsys):
     dest = tmp_path / "results"
     assert main(["report", str(tiny_grid), "--to", str(dest)]) == 0
@@ -187,6 +200,31 @@ def test_bad_options_exit_2(tmp_path, capsys, args, message):
 
 
 # ---------------------------------------------------------------------- the claim checker
+def write_fake_runs(out, table: list[Entry]) -> None:
+    """Finished run directories on disk whose final accuracies and induced losses are ``table``'s."""
+    from redr.experiments.runner import _write_cell
+    from redr.training.config import RunConfig
+    from redr.training.trainer import write_metrics
+
+    for e in table:
+        for seed, (acc, induced) in enumerate(zip(e.final, e.induced or [math.nan] * len(e.final))):
+            model = e.model if e.is_dense else "sparse"
+            options = {"dataset": e.dataset, "model": model, "algorithm": "none" if e.is_dense else e.model,
+                       "density": e.density, "epochs": 2, "seed": seed}
+            cell = build_cells("synthetic", seeds=1)[0]
+            cell.name, cell.options = run_name(options), options
+            run = out / cell.name
+            _write_cell(run, cell)
+            config = RunConfig.from_options(**options, device="cpu")
+            (run / "config.json").write_text(json.dumps({"config": config.to_dict(), "model": {"sizes": [32, 64, 64, 10]}}))
+            rows = [{"epoch": 1, "test_acc": acc - 0.1, "alpha": 0.2, "loss_before_redistribution": 1.0,
+                     "loss_after_redistribution": 1.0 + induced, "nnz[0]": 200, "epoch_seconds": 0.1},
+                    {"epoch": 2, "test_acc": acc, "alpha": 0.0, "loss_before_redistribution": math.nan,
+                     "loss_after_redistribution": math.nan, "nnz[0]": 200, "epoch_seconds": 0.1}]
+            write_metrics(run / "metrics.csv", rows)
+            (run / "DONE").write_text("done\n")
+
+
 def paper_like_table(dataset="kmnist") -> list[Entry]:
     """Hand-made numbers shaped like the paper's KMNIST results (every claim holds)."""
     base = {"none": 0.80, "random": 0.84, "gradient": 0.85, "loss": 0.85, "woodtaylor": 0.86,
@@ -247,3 +285,17 @@ def test_missing_runs_are_not_tested_never_supported():
             e.induced = [math.nan, math.nan]  # the runs never redistributed (too few epochs)
     got = statuses(never)
     assert got["dynamic-beats-static"] == NOT_TESTED and got["woodfisher-lowest-induced-loss"] == NOT_TESTED
+
+
+def test_claims_from_the_runs_on_disk(tmp_path):
+    from redr.experiments.results import grid_entries
+
+    table = paper_like_table("synthetic")
+    for e in table:  # one seed each: fewer files
+        e.final, e.induced = e.final[:1], e.induced[:1]
+    write_fake_runs(tmp_path, table)
+    entries = grid_entries(load_runs(tmp_path))
+    assert len(entries) == len(table)
+    assert set(statuses(entries).values()) == {SUPPORTED}
+    (tmp_path / run_name({"dataset": "synthetic", "model": "dense-neuron", "seed": 0}) / "DONE").unlink()  # unfinished
+    assert statuses(grid_entries(load_runs(tmp_path)))["gradient-global-near-dense"] == NOT_TESTED

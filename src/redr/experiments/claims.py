@@ -88,15 +88,22 @@ def _noise(a: Entry, b: Entry, margin: float, values=lambda e: e.final) -> bool:
     return abs(margin) < max(std(values(a)), std(values(b)))
 
 
+def _capped(items: list, limit: int) -> str:
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def _decide(failures: list, missing: list, holds: list, what: str) -> tuple[str, str]:
-    """Status and evidence from the failed comparisons, the missing runs and the ones that hold."""
+    """Status and evidence from the comparisons that fail, the missing runs and the comparisons that hold
+    (each a ``(margin, text)`` pair; the closest one that holds is shown)."""
     parts = []
+    total = len(failures) + len(holds)
     if failures:
-        parts.append("fails: " + "; ".join(failures))
+        parts.append(f"{len(failures)} of {total} comparisons fail: " + _capped([t for _, t in sorted(failures)], 6))
     if holds:
-        parts.append("holds: " + "; ".join(holds))
+        closest = min(holds)[1]
+        parts.append(f"{len(holds)} of {total} hold (closest: {closest})" if failures or len(holds) > 1 else f"holds: {closest}")
     if missing:
-        parts.append("missing runs: " + ", ".join(missing))
+        parts.append("missing runs: " + ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
     status = NOT_SUPPORTED if failures else NOT_TESTED if missing or not holds else SUPPORTED
     return status, (" | ".join(parts) or f"no {what} runs")
 
@@ -124,7 +131,7 @@ def _beats(t: _Table, winner: str, loser: str, d_w: Optional[float], d_l: Option
     margin = mean(a.final) - mean(b.final)
     text = (f"{_label(winner, d_w)} {pct(a.final)} vs {_label(loser, d_l)} {pct(b.final)} "
             f"({100 * margin:+.2f} points{', within seed noise' if _noise(a, b, margin) else ''})")
-    (holds if margin > 0 else failures).append(text)
+    (holds if margin > 0 else failures).append((margin, text))
 
 
 def check_dynamic_beats_static(t: _Table) -> ClaimResult:
@@ -209,7 +216,7 @@ def check_woodfisher_lowest_induced_loss(t: _Table) -> ClaimResult:
             margin = mean(other.induced) - mean(wf.induced)
             text = (f"d={d:g}: woodfisher {mean(wf.induced):.4g} vs {algo} {mean(other.induced):.4g}"
                     + (" (within seed noise)" if _noise(wf, other, margin, lambda e: e.induced) else ""))
-            (holds if margin > 0 else failures).append(text)
+            (holds if margin > 0 else failures).append((margin, text))
     status, evidence = _decide(failures, missing, holds, "induced-loss")
     return ClaimResult(t.dataset, "woodfisher-lowest-induced-loss", status,
                        "mean training-loss increase per redistribution; " + evidence, missing)

@@ -114,7 +114,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         from redr.experiments.report import write_report
 
         print(f"report: {write_report(out)}")
-    return 1 if summary.failed or summary.failed_before else 0
+    return 1 if summary.failed or summary.failed_before or summary.unavailable else 0
 
 
 def run_report(args: argparse.Namespace) -> int:

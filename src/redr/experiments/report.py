@@ -37,6 +37,10 @@ NAMES = {"none": "static sparse", "random": "Redr-Random", "gradient": "Redr-Gra
          "gradient-global": "Redr-Gradient-Global", "loss": "Redr-Loss", "woodfisher": "Redr-Woodfisher",
          "woodtaylor": "Redr-Woodtaylor", "dense-neuron": "dense neuron-eq.", "dense-param": "dense param-eq."}
 MB = 1e6  # the paper's megabytes; we report MB = 10^6 bytes too
+#: One colour per model in every figure.
+COLORS = {"none": "tab:gray", "random": "tab:blue", "gradient": "tab:orange", "gradient-global": "tab:red",
+          "loss": "tab:purple", "woodfisher": "tab:green", "woodtaylor": "tab:olive", "dense-neuron": "black",
+          "dense-param": "tab:brown"}
 
 
 def figure_files(datasets: Iterable[str]) -> list[str]:
@@ -111,11 +115,11 @@ def _curves(runs: list[Run], key: str = "test_acc"):
     return epochs, [mean(v) for v in values], [std(v) for v in values]
 
 
-def _plot_curve(ax, runs, label, style="-", key="test_acc", scale=100.0):
+def _plot_curve(ax, runs, label, style="-", key="test_acc", scale=100.0, color=None):
     epochs, m, s = _curves(runs, key)
     m = [scale * x for x in m]
     s = [scale * x for x in s]
-    line, = ax.plot(epochs, m, style, label=label, linewidth=1.3)
+    line, = ax.plot(epochs, m, style, label=label, linewidth=1.3, color=color)
     if len(runs) > 1:
         ax.fill_between(epochs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15,
                         color=line.get_color())
@@ -298,7 +302,7 @@ class Report:
         for ax, d in zip(axes[0], densities):
             for (model, dens), rs in sorted(groups.items(), key=lambda kv: _order(kv[0][0])):
                 if dens is None or abs(dens - d) < 1e-9:
-                    _plot_curve(ax, rs, NAMES.get(model, model), "--" if dens is None else "-")
+                    _plot_curve(ax, rs, NAMES.get(model, model), "--" if dens is None else "-", color=COLORS.get(model))
             ax.set_title(f"d = {d:g}")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -362,7 +366,8 @@ class Report:
                 epochs = sorted(per_epoch)
                 values = [mean(per_epoch[e]) for e in epochs]
                 clipped |= any(v <= floor for v in values)
-                ax.plot(epochs, [max(v, floor) for v in values], "o-", markersize=3, label=NAMES[algo])
+                ax.plot(epochs, [max(v, floor) for v in values], "o-", markersize=3, label=NAMES[algo],
+                        color=COLORS.get(algo))
             ax.set_yscale("log")
             ax.set_title(f"d = {d:g}")
             ax.set_xlabel("epoch of the redistribution")
@@ -415,7 +420,7 @@ class Report:
         for ax, s in zip(axes[0], settings):
             for algo in algos:
                 if groups.get((algo, s)):
-                    _plot_curve(ax, groups[(algo, s)], NAMES.get(algo, algo))
+                    _plot_curve(ax, groups[(algo, s)], NAMES.get(algo, algo), color=COLORS.get(algo))
             ax.set_title(f"{key_label} = {fmt_key(s)}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -424,7 +429,10 @@ class Report:
         for algo in algos:
             xs = [i for i, s in enumerate(settings) if groups.get((algo, s))]
             ys = [100 * mean(r.final_acc for r in groups[(algo, settings[i])]) for i in xs]
-            summary.plot(xs, ys, "o-", label=NAMES.get(algo, algo))
+            summary.plot(xs, ys, "o-", label=NAMES.get(algo, algo), color=COLORS.get(algo))
+        for ax in axes[0][1:-1]:  # the curve panels share the first one's accuracy range
+            ax.sharey(axes[0][0])
+        summary.set_xlabel(key_label)
         summary.set_xticks(range(len(settings)))
         summary.set_xticklabels([fmt_key(s) for s in settings], fontsize=7, rotation=30)
         summary.set_title("final accuracy", fontsize=9)

@@ -94,10 +94,15 @@ def plan_grid(cells: Sequence[Cell], out: Path, device: str, data_dir: Optional[
     for cell in cells:
         try:
             config = requested_config(cell, device, data_dir)
-        except (ImportError, AttributeError) as exc:  # an algorithm whose module has not landed yet
+        except UsageError:
+            raise
+        except Exception as exc:  # an algorithm whose module is missing or broken in this installation
             algorithm = cell.options.get("algorithm")
-            unavailable.setdefault(algorithm, str(exc))
-            planned.append(PlannedRun(cell, None, "unavailable", f"algorithm {algorithm!r} not available: {exc}"))
+            reason = unavailable.setdefault(algorithm, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            if (out / cell.name / DONE_FILE).exists():  # finished earlier: keep it (its config cannot be re-checked)
+                planned.append(PlannedRun(cell, None, "done", f"config not re-checked: {reason}"))
+            else:
+                planned.append(PlannedRun(cell, None, "unavailable", f"cannot load algorithm {algorithm!r} ({reason})"))
             continue
         run_dir = out / cell.name
         saved = read_saved_config(run_dir) if run_dir.is_dir() else None
