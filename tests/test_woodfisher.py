@@ -1,5 +1,6 @@
 """Block-wise empirical Fisher, Redr-Woodfisher and Redr-Woodtaylor (float64, small blocks)."""
 import io
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from redr.redistribution.fisher import (BlockFisher, BlockLayout, ShermanMorriso
                                         sherman_morrison_block_inverse)
 from redr.redistribution.registry import algorithm_options
 from redr.redistribution.select import proportional_shares
-from redr.redistribution.woodfisher import (RedrWoodfisher, RedrWoodtaylor, global_smallest, layer_floor,
+from redr.redistribution.woodfisher import (RedrWoodfisher, RedrWoodtaylor, collapse_floors, global_smallest,
                                             optimal_update, removal_statistics)
 from redr.sparse import SparseLinear
 
@@ -246,11 +247,13 @@ def test_woodtaylor_update_reduces_to_woodfisher_when_gradient_is_zero():
 def test_global_smallest_respects_allowance_and_breaks_ties_by_layer_then_position():
     s = [torch.tensor([0.1, 5.0, 0.2, 0.1]), torch.tensor([0.1, 0.0, 9.0]), torch.tensor([3.0, 0.05])]
     # 0.0 and 0.05 first, then the 0.1s: layer 0 before layer 1, lower position first
-    assert [o.tolist() for o in global_smallest(s, 4, [4, 3, 2])] == [[0, 3], [1], [1]]
-    assert [o.tolist() for o in global_smallest(s, 5, [4, 3, 2])] == [[0, 3], [0, 1], [1]]
+    out, saturated = global_smallest(s, 4, [4, 3, 2])
+    assert [o.tolist() for o in out] == [[0, 3], [1], [1]] and saturated == []
+    assert [o.tolist() for o in global_smallest(s, 5, [4, 3, 2])[0]] == [[0, 3], [0, 1], [1]]
     # layer 0 may give only 1: it gives its smallest, the rest comes from the others by score
-    assert [o.tolist() for o in global_smallest(s, 5, [1, 3, 2])] == [[0], [0, 1], [0, 1]]
-    assert [o.numel() for o in global_smallest(s, 99, [1, 1, 1])] == [1, 1, 1]
+    out, saturated = global_smallest(s, 5, [1, 3, 2])
+    assert [o.tolist() for o in out] == [[0], [0, 1], [0, 1]] and saturated == [0]
+    assert [o.numel() for o in global_smallest(s, 99, [1, 1, 1])[0]] == [1, 1, 1]
 
 
 # ---------------------------------------------------------------- the algorithms in training
@@ -291,26 +294,34 @@ def test_invariants_hold_through_a_short_run_with_adam(algorithm):
         assert sum(report.grown) == sum(report.removed) and sum(report.nnz) == old_total
         dense = [layer.in_features * layer.out_features for layer in red.layers]
         assert report.grown == proportional_shares(sum(report.removed), dense, [s - n for s, (_, n) in zip(dense, before)])
-        for layer, (old_keys, old_nnz), new_keys, removed, grown in zip(red.layers, before, after, report.removed,
-                                                                        report.grown):
-            assert old_nnz - removed >= min(old_nnz, max(layer.in_features, layer.out_features))
+        assert report.info["floors"] == collapse_floors_of(red.layers, [n for _, n in before])
+        for layer, (old_keys, old_nnz), new_keys, removed, grown, floor in zip(
+                red.layers, before, after, report.removed, report.grown, report.info["floors"]):
+            assert old_nnz - removed >= min(old_nnz, floor)
             assert (~torch.isin(new_keys, old_keys)).sum().item() == grown
     assert red.algorithm.fisher.count == 8  # epochs 5 and 6 have no redistribution: their steps accumulate
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_layer_floor_guards_a_collapsing_layer():
-    layer = SparseLinear(10, 4, 0.5, generator=torch.Generator().manual_seed(0))
-    assert layer_floor(layer) == min(layer.nnz, 10)
+def collapse_floors_of(layers, nnz):
+    """The guard's formula written out: max(out_features, ceil(0.1 * uniform-density share)), capped by positions."""
+    total, positions = sum(nnz), [l.in_features * l.out_features for l in layers]
+    return [min(p, max(l.out_features, math.ceil(0.1 * total * p / sum(positions) - 1e-9))) for l, p in zip(layers, positions)]
+
+
+def test_collapse_guard_protects_a_layer_of_cheap_weights():
     model = torch.nn.Sequential(SparseLinear(30, 30, 0.5), torch.nn.ReLU(), SparseLinear(30, 3, 1.0)).double()
-    algo = RedrWoodfisher(block_size=4)
+    layers = [model[0], model[2]]
+    assert collapse_floors(layers) == [50, 5] and collapse_floors(layers, 0.0, 50) == [50, 50]
     with torch.no_grad():
         model[2].values.mul_(1e-6)  # the output layer's weights are all tiny: global removal would take them all
-    layers = [model[0], model[2]]
-    ctx = RedistributionContext(model, layers, 0.5, torch.Generator().manual_seed(0))
-    plan = algo.plan(ctx)
-    assert plan.layers[1].remove.numel() == 90 - 30 and plan.layers[0].remove.numel() == int(0.5 * 540) - 60
-    assert plan.layers[1].grow.shape[1] == 0 and plan.layers[0].grow.shape[1] == 270  # the full layer has no room
+    for algo, floor in ((RedrWoodfisher(block_size=4), 5), (RedrWoodfisher(block_size=4, min_weights_per_layer=60), 60)):
+        plan = algo.plan(RedistributionContext(model, layers, 0.5, torch.Generator().manual_seed(0)))
+        assert plan.layers[1].remove.numel() == 90 - floor and plan.layers[0].remove.numel() == 270 - (90 - floor)
+        assert plan.info["guarded_layers"] == [1]
+        assert plan.layers[1].grow.shape[1] == 0 and plan.layers[0].grow.shape[1] == 270  # the full layer has no room
+    with pytest.raises(ValueError, match="min_layer_fraction"):
+        RedrWoodfisher(min_layer_fraction=2.0)
 
 
 def test_woodtaylor_equals_woodfisher_at_the_algorithm_level_when_gradients_cancel():
@@ -351,7 +362,7 @@ def test_plan_matches_the_formulas_on_a_tiny_model():
     removed = layout.to_blocks([torch.zeros(l.nnz, dtype=D).index_fill_(0, lp.remove, 1.0) for l, lp in zip(layers, plan.layers)], dtype=D).bool()
     assert removed.sum() == int(0.25 * sum(l.nnz for l in layers))
     # the smallest rho are removed globally, except in layers whose floor stopped the removal
-    free = [i for i, (l, lp) in enumerate(zip(layers, plan.layers)) if l.nnz - lp.remove.numel() > layer_floor(l)]
+    free = [i for i in range(len(layers)) if i not in plan.info["guarded_layers"]]
     assert free
     rho_l, removed_l = layout.from_blocks(rho), layout.from_blocks(removed)
     removed_max = max(rho_l[i][removed_l[i]].max() for i in free)
@@ -378,10 +389,11 @@ def test_redistributor_state_dict_round_trip_resumes_the_fisher():
 
 def test_options_registry_and_errors():
     algo = make_algorithm("woodfisher", block_size=16, dampening=0.5)
-    assert algo.options() == {"block_size": 16, "dampening": 0.5, "buffer_steps": 8} and algo.needs_step_hook
+    defaults = {"block_size": 34, "dampening": 1.0, "buffer_steps": 8, "min_layer_fraction": 0.1,
+                "min_weights_per_layer": None}
+    assert algo.options() == {**defaults, "block_size": 16, "dampening": 0.5} and algo.needs_step_hook
     assert make_algorithm("woodfisher").options()["dampening"] == 1e-3
-    assert make_algorithm("woodtaylor").options() == {"block_size": 34, "dampening": 1.0, "buffer_steps": 8}
-    assert algorithm_options("woodtaylor") == {"block_size": 34, "dampening": 1.0, "buffer_steps": 8}
+    assert make_algorithm("woodtaylor").options() == defaults == algorithm_options("woodtaylor")
     with pytest.raises(UsageError, match="takes no option"):
         make_algorithm("woodfisher", blocksize=3)
     with pytest.raises(ValueError, match="dampening"):

@@ -22,13 +22,19 @@ Growth: the same total number of weights at uniformly random inactive positions,
 proportion to their dense size ``out * in`` (largest remainder; a layer gets at most its number of
 inactive positions). New weights start at 0 like in every algorithm.
 
-Collapse guard: a layer never keeps fewer than ``min(nnz, max(in_features, out_features))`` active
-weights after removal (enough for every neuron on the wider side to keep a connection on average); when
-the global choice would take more from a layer, that layer gives exactly its allowance and the rest is
-taken from the other layers, again by smallest ``rho``.
+Collapse guard (the same rule as Redr-Gradient-Global): a layer whose weights all look cheap would lose
+``alpha`` of them at every step and, growing only in proportion to its size, could disconnect the
+network. Removal never takes a layer below ``floor_l = min(positions_l, max(min_weights_per_layer,
+ceil(min_layer_fraction * fair_l))))`` weights, ``fair_l = total_nnz * positions_l / total_positions``
+being its share at uniform density and ``min_weights_per_layer`` defaulting to ``out_features`` (on
+average one weight per neuron). When the global choice would take more from a layer, that layer gives
+exactly its allowance ``nnz_l - floor_l`` (its smallest ``rho``) and the rest comes from the other layers,
+again by smallest ``rho``; the total removed stays ``floor(alpha * total_nnz)`` unless every layer is at
+its floor.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -47,9 +53,17 @@ WOODTAYLOR_DAMPENING = 1.0
 BLOCK_SIZE = 34
 
 
-def layer_floor(layer: SparseLinear) -> int:
-    """The fewest active weights removal may leave in ``layer`` (the collapse guard)."""
-    return min(layer.nnz, max(layer.in_features, layer.out_features))
+def collapse_floors(layers: Sequence[SparseLinear], min_layer_fraction: float = 0.1,
+                    min_weights_per_layer: int | None = None) -> list[int]:
+    """The fewest active weights removal may leave in each layer (see the module docstring)."""
+    total_nnz = sum(layer.nnz for layer in layers)
+    positions = [layer.in_features * layer.out_features for layer in layers]
+    total_pos = sum(positions)
+    floors = []
+    for layer, pos in zip(layers, positions):
+        absolute = layer.out_features if min_weights_per_layer is None else min_weights_per_layer
+        floors.append(min(pos, max(absolute, math.ceil(min_layer_fraction * total_nnz * pos / total_pos - 1e-9))))
+    return floors
 
 
 def removal_statistics(w: torch.Tensor, inv: BlockInverse, newton: torch.Tensor | None = None):
@@ -74,10 +88,11 @@ def optimal_update(inv: BlockInverse, z: torch.Tensor, d: torch.Tensor, removed:
     return dw
 
 
-def global_smallest(scores: Sequence[torch.Tensor], k: int, allowance: Sequence[int]) -> list[torch.Tensor]:
+def global_smallest(scores: Sequence[torch.Tensor], k: int, allowance: Sequence[int]):
     """Positions (per layer, ascending) of the ``k`` smallest scores over all layers, taking at most
     ``allowance[l]`` from layer ``l``. Ties: earlier layer, then lower position. Water-filling: a layer
-    whose share of the unconstrained choice exceeds its allowance is saturated, the rest re-chosen."""
+    whose share of the unconstrained choice exceeds its allowance is saturated, the rest re-chosen.
+    Returns ``(positions per layer, sorted indices of the saturated layers)``."""
     n = len(scores)
     k = min(int(k), sum(int(a) for a in allowance))
     fixed: dict[int, int] = {}
@@ -95,7 +110,7 @@ def global_smallest(scores: Sequence[torch.Tensor], k: int, allowance: Sequence[
                 out[i] = p
             for i, a in fixed.items():
                 out[i] = smallest_k(scores[i].reshape(-1), a)
-            return out
+            return out, sorted(fixed)
         for i in over:
             fixed[i] = int(allowance[i])
 
@@ -109,20 +124,34 @@ class RedrWoodfisher(RedistributionAlgorithm):
             WoodFisher reference implementation's default).
         buffer_steps: gradients collected before one batched update of the Fisher (memory vs. time only;
             the result is the same).
+        min_layer_fraction, min_weights_per_layer: the collapse guard (module docstring); defaults 0.1
+            and None (= the layer's ``out_features``), as for Redr-Gradient-Global.
     """
 
     name = "woodfisher"
     needs_step_hook = True
     uses_gradient = False
 
-    def __init__(self, block_size: int = BLOCK_SIZE, dampening: float = WOODFISHER_DAMPENING, buffer_steps: int = 8):
+    def __init__(self, block_size: int = BLOCK_SIZE, dampening: float = WOODFISHER_DAMPENING, buffer_steps: int = 8,
+                 min_layer_fraction: float = 0.1, min_weights_per_layer: int | None = None):
+        if not 0.0 <= min_layer_fraction <= 1.0:
+            raise ValueError(f"min_layer_fraction must be in [0, 1], got {min_layer_fraction!r}")
+        if min_weights_per_layer is not None and (int(min_weights_per_layer) != min_weights_per_layer
+                                                  or min_weights_per_layer < 0):
+            raise ValueError(f"min_weights_per_layer must be a non-negative integer or None, got {min_weights_per_layer!r}")
         self.block_size = int(block_size)
         self.dampening = float(dampening)
         self.buffer_steps = int(buffer_steps)
+        self.min_layer_fraction = float(min_layer_fraction)
+        self.min_weights_per_layer = None if min_weights_per_layer is None else int(min_weights_per_layer)
         self.fisher = BlockFisher(self.block_size, self.dampening, self.buffer_steps, track_mean=self.uses_gradient)
 
     def options(self) -> dict:
-        return {"block_size": self.block_size, "dampening": self.dampening, "buffer_steps": self.buffer_steps}
+        return {"block_size": self.block_size, "dampening": self.dampening, "buffer_steps": self.buffer_steps,
+                "min_layer_fraction": self.min_layer_fraction, "min_weights_per_layer": self.min_weights_per_layer}
+
+    def floors(self, layers: Sequence[SparseLinear]) -> list[int]:
+        return collapse_floors(layers, self.min_layer_fraction, self.min_weights_per_layer)
 
     # ------------------------------------------------------------------ statistics
     def _ensure_layout(self, layers: Sequence[SparseLinear]) -> None:
@@ -161,8 +190,9 @@ class RedrWoodfisher(RedistributionAlgorithm):
         del w
 
         total = sum(layer.nnz for layer in layers)
-        allowance = [layer.nnz - layer_floor(layer) for layer in layers]
-        removes = global_smallest(layout.from_blocks(rho), removal_count(total, ctx.alpha), allowance)
+        floors = self.floors(layers)
+        allowance = [max(0, layer.nnz - f) for layer, f in zip(layers, floors)]
+        removes, guarded = global_smallest(layout.from_blocks(rho), removal_count(total, ctx.alpha), allowance)
         removed = layout.to_blocks([torch.zeros(layer.nnz, dtype=torch.bool, device=device).index_fill_(0, r, True)
                                     for layer, r in zip(layers, removes)],
                                    out=torch.zeros(layout.n_blocks, layout.block_size, dtype=torch.bool, device=device))
@@ -179,7 +209,8 @@ class RedrWoodfisher(RedistributionAlgorithm):
         plans = [LayerPlan(r.to(layer.values.device), random_growth(layer, share, ctx.generator),
                            value_update=u.to(layer.values.device))
                  for layer, r, share, u in zip(layers, removes, shares, updates)]
-        info = {"fisher_steps": count, "block_size": self.block_size, "dampening": self.dampening,
+        info = {"fisher_steps": count, "floors": floors,
+                "guarded_layers": guarded, "block_size": self.block_size, "dampening": self.dampening,
                 "sum_rho_removed": sum_rho_removed, "update_norm": float(dw.norm())}  # padding slots of dw are 0
         if newton_term is not None:
             info["newton_term"] = newton_term
@@ -192,5 +223,6 @@ class RedrWoodtaylor(RedrWoodfisher):
     name = "woodtaylor"
     uses_gradient = True
 
-    def __init__(self, block_size: int = BLOCK_SIZE, dampening: float = WOODTAYLOR_DAMPENING, buffer_steps: int = 8):
-        super().__init__(block_size, dampening, buffer_steps)
+    def __init__(self, block_size: int = BLOCK_SIZE, dampening: float = WOODTAYLOR_DAMPENING, buffer_steps: int = 8,
+                 min_layer_fraction: float = 0.1, min_weights_per_layer: int | None = None):
+        super().__init__(block_size, dampening, buffer_steps, min_layer_fraction, min_weights_per_layer)
