@@ -12,7 +12,9 @@ Every configuration runs in a **fresh subprocess** (``python -m redr.bench.memor
    ``steps`` training steps, then one redistribution (alpha ~= 0.5, the largest of the paper's schedule);
 5. **peak** = CUDA: ``torch.cuda.max_memory_allocated`` - baseline (tensors only, as the allocator sees
    them); CPU: ``VmHWM`` - baseline RSS (everything the process touched: tensors, allocator slack,
-   temporaries of numba kernels, Python objects).
+   temporaries of numba kernels, Python objects). The peak is taken twice, over the training steps
+   (``train_peak_bytes``) and, after a reset, over the redistribution (``redistribution_peak_bytes``);
+   ``peak_bytes`` is the larger, both above the same baseline.
 
 So a configuration is charged for what training it needs on top of the same process with the same data
 loaded; imports, the CUDA context and the data are not counted on either side. Also reported is the
@@ -64,6 +66,20 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:  # pragma: no cover - old kernels / restricted containers
         return False
+
+
+def _reset_peak(device: torch.device) -> bool:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    return _reset_peak_rss()
+
+
+def _peak_since_reset(device: torch.device) -> int:
+    sync(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status()["VmHWM"]
 
 
 def tensor_state_bytes(*roots) -> int:
@@ -130,13 +146,12 @@ def worker(config: dict) -> dict:
     result = {"peak_method": None}
     if device.type == "cuda":
         base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        _reset_peak(device)
         result.update(peak_method="torch.cuda.max_memory_allocated - memory_allocated at baseline", baseline_bytes=base)
     else:
         base = _proc_status().get("VmRSS")
-        reset = _reset_peak_rss()
-        status = _proc_status()
-        result.update(baseline_bytes=base, hwm_after_reset_bytes=status.get("VmHWM"),
+        reset = _reset_peak(device)
+        result.update(baseline_bytes=base,
                       peak_method="VmHWM - VmRSS at baseline" + ("" if reset else " (VmHWM reset unavailable: peak since start)"))
     start = time.perf_counter()
     trainer = make_trainer(spec, data, device, config["model"], config["algorithm"] or "none", config["density"])
@@ -144,19 +159,21 @@ def worker(config: dict) -> dict:
     sync(device)
     algorithm = trainer.redistributor.algorithm if trainer.redistributor is not None else None
     result["state_bytes"] = tensor_state_bytes(trainer.model, trainer.optimizer.state, algorithm)
+    result["train_peak_bytes"] = _peak_since_reset(device) - base
     if trainer.redistributor is not None:
+        _reset_peak(device)
         batches = trainer.redistribution_batches() if algorithm.needs_batches else None
         report = trainer.redistributor.step(1, batches)
         result["alpha"] = report.alpha if report is not None else 0.0
         result["redistribution_s"] = report.seconds if report is not None else 0.0
-    sync(device)
+        sync(device)
+        result["redistribution_peak_bytes"] = _peak_since_reset(device) - base
     result["seconds"] = time.perf_counter() - start
+    result["peak_bytes"] = max(result["train_peak_bytes"], result.get("redistribution_peak_bytes", 0))
     if device.type == "cuda":
-        result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
         result["max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
     else:
-        status = _proc_status()
-        result.update(peak_bytes=status["VmHWM"] - base, hwm_bytes=status["VmHWM"], rss_end_bytes=status["VmRSS"])
+        result["rss_end_bytes"] = _proc_status().get("VmRSS")
     result["weights"] = trainer.summary.weights
     result["nnz"] = [layer.nnz for layer in trainer.model.modules() if hasattr(layer, "nnz")]
     return result
@@ -226,7 +243,7 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                     rec = make_record("memory", "error", env, config, r, {})
                     out.write(rec)
                     records.append(rec)
-                    table.append([spec.name, density, label, None, None, None, None])
+                    table.append([spec.name, density, label, None, None, None, None, None, None])
                     continue
                 if model != "sparse":
                     dense = r
@@ -238,14 +255,17 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                 out.write(rec)
                 records.append(rec)
                 table.append([spec.name, density, label, mib(r["peak_bytes"]), ratios.get("peak_vs_dense"),
+                              mib(r["train_peak_bytes"]), mib(r.get("redistribution_peak_bytes")),
                               mib(r["state_bytes"]), ratios.get("state_vs_dense")])
                 print_flush(f"  d={density} {label}: peak {mib(r['peak_bytes']):.1f} MiB"
                             + (f" ({ratios['peak_vs_dense']:.3f}x dense)" if ratios else "")
                             + f", state {mib(r['state_bytes']):.1f} MiB")
     print_flush(f"\npeak = {what} above the process's baseline (imports, data, warm-up excluded), MiB; state = exact "
                 "bytes of\nparameters, grads, index buffers, Adam moments and algorithm tensors after the last step; "
-                "'x' = ratio to the dense twin")
-    print_flush(format_table(["net", "density", "config", "peak MiB", "peak x", "state MiB", "state x"], table))
+                "'x' = ratio to the dense twin;\n"
+                "train peak / redistr peak: the peak over the training steps / over the redistribution alone")
+    print_flush(format_table(["net", "density", "config", "peak MiB", "peak x", "train peak", "redistr peak", "state MiB",
+                              "state x"], table))
     return records
 
 
