@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from redr.errors import UsageError
@@ -54,6 +55,9 @@ def add_parser(subparsers) -> None:
            "higgs) and timing (default higgs); repeat for several. The accuracy grids are named by their dataset")
     a("--algorithms", type=_csv_list(str), help="restrict the grid to these of: " + ",".join(GRID_MODELS))
     a("--densities", type=_csv_list(float), help="restrict the grid to these densities, e.g. 0.1,0.03")
+    a("--threads", type=_positive, help="CPU threads for torch and the numba kernels (default: theirs, all cores). "
+                                        "Use 1 on a shared, busy machine: multi-threaded small kernels slow down "
+                                        "many times over when the cores are oversubscribed")
     a("--retry-failed", action="store_true", help="rerun runs that failed before (default: report them, skip them)")
     a("--list", action="store_true", help="print the runs and what each needs (run/resume/skip), run nothing")
     a("--no-report", action="store_true", help="do not write the report at the end")
@@ -71,6 +75,19 @@ def add_parser(subparsers) -> None:
     r.set_defaults(func=run_report)
 
 
+def set_threads(n: int) -> None:
+    """Intra-op threads of torch and of the numba kernels in this process."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+
+
 def default_out(experiment: str, quick: bool) -> Path:
     return Path("runs") / (experiment + ("-quick" if quick else ""))
 
@@ -79,6 +96,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from redr.experiments.runner import format_seconds, plan_grid, record_invocation, run_grid
     from redr.training.trainer import default_device
 
+    if args.threads:
+        set_threads(args.threads)
     cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
                         datasets=args.datasets, models=args.algorithms, densities=args.densities)
     out = Path(args.out) if args.out else default_out(args.experiment, args.quick)
@@ -100,9 +119,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
     datasets = sorted({c.options["dataset"] for c in cells})
     entry = {"command": command, "experiment": args.experiment, "quick": args.quick,
              "quick_budget": "; ".join(f"{ds}: {QUICK[ds].describe()}" for ds in datasets if ds in QUICK) if args.quick else "",
-             "seeds": args.seeds, "epochs": args.epochs, "device": device, "datasets": datasets, "runs": len(cells)}
+             "seeds": args.seeds, "epochs": args.epochs, "device": device, "threads": args.threads, "datasets": datasets,
+             "runs": len(cells), "started": datetime.now(timezone.utc).isoformat()}
     summary = run_grid(cells, out, device=device, data_dir=args.data_dir, retry_failed=args.retry_failed,
-                       progress=not args.no_progress, verbose=not args.quiet, command=command)
+                       progress=not args.no_progress, verbose=not args.quiet, command=command, threads=args.threads)
     record_invocation(out, {**entry, "seconds": round(summary.seconds, 1), "failed": len(summary.failed)})
     print(f"{args.experiment}: {summary.finished}/{summary.total} runs finished ({summary.trained} now, "
           f"{summary.done_before} before) in {format_seconds(summary.seconds)}"

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig.from_dict(request["config"])
     config.validate()
     out = Path(request["out"])
+    if request.get("threads"):
+        from redr.experiments.cli import set_threads
+
+        set_threads(request["threads"])
     warm_up(torch.device(config.device))
     if request.get("baseline"):
         baseline(config, out)

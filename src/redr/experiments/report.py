@@ -172,10 +172,13 @@ class Report:
                "(sample std; 0 with one seed), of the run's last epoch (\"final\") or its best epoch (\"best\").")
         invocations = self.invocations()
         if invocations:
-            self.p("Commands:\n")
+            lines = []
             for inv in invocations:
                 budget = f" (--quick: {inv['quick_budget']})" if inv.get("quick") else ""
-                self.p(f"- `{' '.join(inv.get('command', []))}`{budget}, {inv.get('time', '')[:16]}")
+                took = f", {inv['seconds'] / 60:.1f} min" if isinstance(inv.get("seconds"), (int, float)) else ""
+                lines.append(f"- `{' '.join(inv.get('command', []))}`{budget}: started "
+                             f"{(inv.get('started') or inv.get('time', ''))[:16].replace('T', ' ')} UTC{took}")
+            self.p("Commands:\n\n" + "\n".join(lines))
         self.machine()
 
     def invocations(self) -> list[dict]:
@@ -214,8 +217,7 @@ class Report:
         for ds in self.datasets:
             runs = [r for r in self.train if r.dataset == ds]
             info = next((r.info.get("data") or {} for r in runs if r.info.get("data")), {})
-            train_rows = info.get("rows_train") or info.get("train_rows")
-            test_rows = info.get("rows_test") or info.get("test_rows")
+            train_rows, test_rows = _rows_used(info, "train"), _rows_used(info, "test")
             epochs = sorted({len(r.rows) for r in runs if r.is_grid_run})
             seeds = sorted({r.seed for r in runs})
             text = (f"- **{_dataset_title(ds)}**: {_fmt_rows(train_rows)} training / {_fmt_rows(test_rows)} test rows, "
@@ -352,8 +354,7 @@ class Report:
         plt = _plt()
         densities = sorted({d for _, d in have}, reverse=True)
         fig, axes = plt.subplots(1, len(densities), figsize=(4.6 * len(densities), 3.6), sharey=True, squeeze=False)
-        floor = 1e-6
-        clipped = False
+        decreases, floor, floored = False, 1e-7, False
         for ax, d in zip(axes[0], densities):
             for algo in DYNAMIC_ALGORITHMS:
                 rs = have.get((algo, d))
@@ -365,22 +366,28 @@ class Report:
                         per_epoch[epoch].append(value)
                 epochs = sorted(per_epoch)
                 values = [mean(per_epoch[e]) for e in epochs]
-                clipped |= any(v <= floor for v in values)
-                ax.plot(epochs, [max(v, floor) for v in values], "o-", markersize=3, label=NAMES[algo],
-                        color=COLORS.get(algo))
+                color = COLORS.get(algo)
+                floored |= any(abs(v) < floor for v in values)
+                ax.plot(epochs, [max(abs(v), floor) for v in values], "-", color=color, label=NAMES[algo], linewidth=1.2)
+                for e, v in zip(epochs, values):  # filled: the loss went up; open: it went down
+                    decreases |= v < 0
+                    ax.plot([e], [max(abs(v), floor)], "o", markersize=4, color=color,
+                            markerfacecolor=color if v >= 0 else "white")
             ax.set_yscale("log")
             ax.set_title(f"d = {d:g}")
             ax.set_xlabel("epoch of the redistribution")
             ax.grid(alpha=0.3, which="both")
-        axes[0][0].set_ylabel("loss after - before (log)")
+        axes[0][0].set_ylabel("|loss after - loss before| (log)")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle(f"{_dataset_title(ds)}: training loss induced by redistribution")
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
         self.fig(path.relative_to(self.out).as_posix(),
-                 f"{_dataset_title(ds)}: induced loss per redistribution, mean over seeds, log scale"
-                 + (f"; values <= {floor:g} (the step did not raise the loss) are drawn at {floor:g}" if clipped else ""))
+                 f"{_dataset_title(ds)}: size of the change of the training loss at each redistribution, mean over "
+                 "seeds, log scale; filled markers: the loss went up, open markers: it went down"
+                 + (" (some steps lowered the loss)" if decreases else "")
+                 + (f"; changes below {floor:g} are drawn at {floor:g}" if floored else ""))
 
     # ----------------------------------------------------------------- frequency, depth, woodtaylor
     def sweep_section(self, title: str, kind: str, select, key, key_label, order, fmt_key, command: str) -> None:
@@ -630,6 +637,14 @@ class Report:
         path = self.out / "report.md"
         path.write_text("\n".join(self.md))
         return path
+
+
+def _rows_used(info: dict, split: str):
+    """Rows of ``split`` a run used, from its data info (the loaders' ``rows`` or the generated task's keys)."""
+    rows = info.get("rows")
+    if isinstance(rows, dict) and isinstance(rows.get(split), dict):
+        return rows[split].get("used")
+    return info.get(f"rows_{split}")
 
 
 def _fmt_rows(value) -> str:

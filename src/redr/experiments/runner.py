@@ -192,7 +192,8 @@ class Progress:
 
 def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, device: Optional[str] = None,
              data_dir: Optional[str] = None, retry_failed: bool = False, progress: bool = True,
-             verbose: bool = True, log: Callable[[str], None] = print, command: Optional[list] = None) -> GridSummary:
+             verbose: bool = True, log: Callable[[str], None] = print, command: Optional[list] = None,
+             threads: Optional[int] = None) -> GridSummary:
     """Run every cell not finished yet into ``out/<cell.name>``; returns what happened."""
     out = Path(out)
     device = device or default_device()
@@ -234,7 +235,7 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, device: Optional[
             _write_cell(run_dir, p.cell)
             (run_dir / FAILED_FILE).unlink(missing_ok=True)
             if p.cell.kind in ("memory", "memory-baseline"):
-                run_in_fresh_process(p.cell, p.config, run_dir, run_log)
+                run_in_fresh_process(p.cell, p.config, run_dir, run_log, threads)
             else:
                 execute(p, run_dir, progress=progress, log=run_log, command=command)
         except KeyboardInterrupt:
@@ -288,9 +289,10 @@ def execute(p: PlannedRun, run_dir: Path, *, progress: bool, log, command) -> No
     train(p.config, run_dir, overwrite=True, progress=progress, log=log, command=command)
 
 
-def run_in_fresh_process(cell: Cell, config: RunConfig, run_dir: Path, log) -> None:
+def run_in_fresh_process(cell: Cell, config: RunConfig, run_dir: Path, log, threads: Optional[int] = None) -> None:
     """A memory run (or the baseline) in its own Python process, so that its peak is its own."""
-    request = {"config": config.to_dict(), "out": str(run_dir), "baseline": cell.kind == "memory-baseline"}
+    request = {"config": config.to_dict(), "out": str(run_dir), "baseline": cell.kind == "memory-baseline",
+               "threads": threads}
     proc = subprocess.run([sys.executable, "-m", "redr.experiments.probe", json.dumps(request)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout.splitlines():
