@@ -134,8 +134,9 @@ def read(path: str | os.PathLike, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as exc:  # torch/zip/pickle errors: truncated or not a torch file at all
-        raise CheckpointError(f"unreadable ({type(exc).__name__}: {_first_line(exc)}); "
-                              "the file is truncated or not a checkpoint") from None
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(f"unreadable ({size:,} bytes; {type(exc).__name__}: {_first_line(exc)}): "
+                              "truncated, or not a checkpoint") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError("not a redr checkpoint (no format_version)")
     version = state["format_version"]

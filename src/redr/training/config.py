@@ -210,7 +210,7 @@ class RunConfig:
                 raise UsageError(f"--device {self.device}: no CUDA device is available here (use --device cpu)")
             if device.index is not None and device.index >= count:
                 raise UsageError(f"--device {self.device}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
-        elif device.type not in ("cpu", "mps"):
+        elif device.type != "cpu":
             raise UsageError(f"--device {self.device}: unsupported device type {device.type!r} (cpu or cuda)")
 
     def sparse_layer_sizes(self, sizes: list[int]) -> list[tuple[int, int, int]]:
