@@ -32,7 +32,12 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("grid") / "out"
-    assert main([*TINY, "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*TINY, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -124,6 +129,15 @@ def test_an_algorithm_that_cannot_be_loaded_is_skipped_not_fatal(tmp_path, monke
     assert "skipping every 'woodtaylor' run" in out and "not available here: woodtaylor" in out
     assert (tmp_path / "synthetic_none_d0.1_s0" / "DONE").exists()
     assert not (tmp_path / "synthetic_woodtaylor_d0.1_s0").exists()
+
+
+def test_missing_data_stops_the_grid_without_marking_runs_failed(tmp_path, capsys):
+    args = ["reproduce", "kmnist", "--algorithms", "none,random", "--densities", "0.1", "--seeds", "1", "--epochs", "1",
+            "--data-dir", str(tmp_path / "no-data"), "--no-download", "--no-progress", "--quiet", "--no-report",
+            "--out", str(tmp_path / "o")]
+    assert main(args) == 1
+    assert "error:" in capsys.readouterr().err
+    assert not list((tmp_path / "o").glob("*/FAILED")) and not list((tmp_path / "o").glob("*/config.json"))
 
 
 def test_report_copy_regenerates_without_checkpoints(tiny_grid, tmp_path, capsys):

@@ -43,10 +43,11 @@ def add_parser(subparsers) -> None:
                       "See docs/reproduce.md for run times.")
     a = p.add_argument
     a("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT", help="one of: " + ", ".join(EXPERIMENTS))
-    a("--seeds", type=_positive, help="seeds 0..N-1 per configuration (default 3; timing/memory 1; --quick: see above)")
+    a("--seeds", type=_positive, help="seeds 0..N-1 per configuration (default 3; timing and memory 1)")
     a("--epochs", type=_positive, help="epochs per run (default: the paper's, 30 for KMNIST/Fashion-MNIST, 80 for HIGGS)")
     a("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     a("--data-dir", help="data directory (default $REDR_DATA_DIR, else ~/.cache/redr)")
+    a("--no-download", action="store_true", help="never download data; fail if files are missing")
     a("--out", help="folder of the runs and the report (default runs/EXPERIMENT, runs/EXPERIMENT-quick with --quick); "
                     "experiments given the same --out share identical runs")
     a("--quick", action="store_true", help="the reduced budget stated above")
@@ -100,6 +101,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
         set_threads(args.threads)
     cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
                         datasets=args.datasets, models=args.algorithms, densities=args.densities)
+    if args.no_download:
+        for cell in cells:
+            cell.options["download"] = False
     out = Path(args.out) if args.out else default_out(args.experiment, args.quick)
     device = args.device or default_device()
     if device.startswith("cuda"):

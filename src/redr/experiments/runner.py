@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from redr.errors import UsageError
+from redr.errors import DataError, UsageError
 from redr.experiments.grid import Cell
 from redr.training import checkpoint
 from redr.training.config import RunConfig
@@ -240,6 +240,9 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, device: Optional[
                 execute(p, run_dir, progress=progress, log=run_log, command=command)
         except KeyboardInterrupt:
             log(f"interrupted during {p.cell.name}; rerun the same command to resume the grid")
+            raise
+        except (DataError, UsageError):  # missing data or a bad option: every other run would fail the same way
+            log(f"stopping the grid at {p.cell.name}: the error below is not specific to this run")
             raise
         except Exception as exc:  # one broken run must not stop a day-long grid: record it and go on
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
