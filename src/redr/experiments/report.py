@@ -25,9 +25,8 @@ from typing import Iterable, Optional
 
 from redr.experiments import paper
 from redr.experiments.claims import NOT_SUPPORTED, NOT_TESTED, SUPPORTED, check_claims
-from redr.experiments.grid import (DEPTH_HIDDEN, DENSITIES, DYNAMIC_ALGORITHMS, FREQUENCIES, GRID_MODELS, QUICK,
-                                   WOODTAYLOR_BLOCK, WOODTAYLOR_LAMBDA)
-from redr.experiments.results import SMALL_FILES, Entry, Run, grid_entries, load_runs, mean, std
+from redr.experiments.grid import DENSITIES, DYNAMIC_ALGORITHMS, GRID_MODELS, QUICK, WOODTAYLOR_BLOCK, WOODTAYLOR_LAMBDA
+from redr.experiments.results import SMALL_FILES, Run, grid_entries, load_runs, mean, std
 from redr.training.config import PRESETS
 
 FIGURES = ("accuracy", "induced_loss", "frequency", "depth", "woodtaylor", "layer_density")

@@ -168,7 +168,8 @@ class Progress:
     def __init__(self, planned: Sequence[PlannedRun], log: Callable[[str], None]):
         self.log = log
         self.total = len(planned)
-        self.done = sum(p.state == "done" for p in planned)
+        self.done = sum(p.state == "done" for p in planned)  # finished runs
+        self.position = sum(p.state in ("done", "failed", "unavailable") for p in planned)  # runs dealt with
         self.remaining_epochs = sum(p.remaining_epochs for p in planned)
         self.start = time.perf_counter()
         self.epochs_trained = 0
@@ -182,9 +183,10 @@ class Progress:
         self.epochs_trained += 1
         self.remaining_epochs = max(0, self.remaining_epochs - 1)
 
-    def run_finished(self, run: PlannedRun, epochs_counted: int) -> None:
+    def run_finished(self, run: PlannedRun, epochs_counted: int, ok: bool = True) -> None:
         self.remaining_epochs = max(0, self.remaining_epochs - max(0, run.remaining_epochs - epochs_counted))
-        self.done += 1
+        self.position += 1
+        self.done += int(ok)
 
     def status(self) -> str:
         return f"runs done {self.done}/{self.total}, ETA {format_seconds(self.eta())}"
@@ -216,7 +218,7 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, device: Optional[
         + (f", {sum(p.state == 'unavailable' for p in planned)} unavailable" if summary.unavailable else ""))
     for p in todo:
         run_dir = out / p.cell.name
-        index = prog.done + 1
+        index = prog.position + 1
         log(f"[{index}/{prog.total}] {p.cell.name}: " + {"new": "starting", "redo": f"starting over ({p.reason})",
                                                             "resume": f"resuming ({p.reason})"}[p.state])
         counted = [0]
@@ -248,7 +250,7 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, device: Optional[
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
             (run_dir / FAILED_FILE).write_text(message + "\n\n" + traceback.format_exc())
             summary.failed.append((p.cell.name, message))
-            prog.run_finished(p, counted[0])
+            prog.run_finished(p, counted[0], ok=False)
             log(f"[{index}/{prog.total}] {p.cell.name} FAILED: {message} | {prog.status()}")
             continue
         summary.trained += 1
