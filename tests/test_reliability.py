@@ -615,6 +615,18 @@ def test_validation_is_shared_by_the_command_line_and_the_api(tmp_path):
     config.density = 2.0  # changed after construction: train() validates again through the Trainer
     with pytest.raises(UsageError, match=r"^--density must be in \(0, 1\], got 2.0$"):
         train(config, None, progress=False, log=lambda *_: None)
+    # a dataset of one's own: the checks that depend on the data are made on the data given
+    import dataclasses
+
+    images = dataclasses.replace(make_synthetic(64, 32, features=16), image_shape=(1, 4, 4))
+    config = RunConfig.from_options(dataset="synthetic", hidden=[8], epochs=1, train_rows=64, test_rows=32, density=0.25)
+    config.augment = True  # "synthetic" has no images, but these 16 features are 4x4 images
+    assert len(train(config, None, progress=False, log=lambda *_: None, dataset=images).metrics) == 1
+    with pytest.raises(UsageError, match="--augment needs an image dataset"):
+        train(config, None, progress=False, log=lambda *_: None, dataset=make_synthetic(64, 32, features=16))
+    config.augment, config.density = False, 0.02  # round(0.02 x 16) = 0 inputs in the data's first layer
+    with pytest.raises(UsageError, match=r"layer 0 \(16 -> 8\) with zero inputs"):
+        train(config, None, progress=False, log=lambda *_: None, dataset=make_synthetic(64, 32, features=16))
 
 
 # ---------------------------------------------------------------------- inference and dense export

@@ -98,11 +98,13 @@ class RunConfig:
         return [num_features, *self.hidden, num_outputs]
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
+    def validate(self, *, custom_data: bool = False) -> None:
         """Every option's type and range and the combinations that make no sense; one UsageError line.
 
         Shared by ``redr train`` (also on ``--resume``) and the Python API (``RunConfig.from_options``,
-        :func:`redr.training.trainer.train`). See docs/reliability.md for the list and the messages.
+        :func:`redr.training.trainer.train`, the :class:`Trainer`). See docs/reliability.md for the list and
+        the messages. ``custom_data``: the trainer was given its own dataset, so the checks that assume the
+        named dataset's shape (images or not, input features) are left to the trainer, which has the data.
         """
         from redr.redistribution.registry import ALGORITHMS, algorithm_options, make_algorithm
 
@@ -165,7 +167,7 @@ class RunConfig:
             bad("algorithm_options and augment_options must be dicts")
 
         # combinations
-        if self.augment and self.dataset not in IMAGE_DATASETS:
+        if self.augment and not custom_data and self.dataset not in IMAGE_DATASETS:
             what = "HIGGS rows are not images" if self.dataset == "higgs" else f"{self.dataset} has no image shape"
             bad(f"--augment applies to image datasets only ({what})")
         if self.augment_options and not self.augment:
@@ -192,8 +194,9 @@ class RunConfig:
             except (TypeError, ValueError) as exc:
                 given = ", ".join(f"{k}={v!r}" for k, v in self.algorithm_options.items())
                 bad(f"--algorithm {self.algorithm} rejects {given}: {exc}")
-        num_features, num_outputs = DATASET_SHAPES[self.dataset]
-        self.check_layer_sizes(self.sizes(num_features, num_outputs))
+        if not custom_data:  # the trainer checks the sizes of the data it has (build_model)
+            num_features, num_outputs = DATASET_SHAPES[self.dataset]
+            self.check_layer_sizes(self.sizes(num_features, num_outputs))
 
     def _validate_device(self) -> None:
         if self.device is None:

@@ -132,7 +132,7 @@ class Trainer:
     def __init__(self, config: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, progress: bool = True,
                  log: Callable[[str], None] = print, dataset=None, rank: int = 0, world_size: int = 1,
                  wrap_model: Optional[Callable] = None, all_reduce: Optional[Callable] = None):
-        config.validate()  # the one shared validation, whoever builds the trainer
+        config.validate(custom_data=dataset is not None)  # the one shared validation, whoever builds the trainer
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.rank, self.world_size = rank, world_size
