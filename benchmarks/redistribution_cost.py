@@ -204,6 +204,8 @@ def measure_memory(hidden: int, width: int, density: float, batch: int, alpha: f
             "alpha": alpha, "tile_rows": tile_rows, "nnz": sum(l.nnz for l in layers), "grown": k,
             "peak_mib": tracker.peak / mib, "selection_peak_mib": tracker.peak_by_tag["selection"] / mib,
             "train_step_peak_mib": train.peak / mib,
+            "plan_mib": sum(lp.remove.numel() * lp.remove.element_size() + lp.grow.numel() * lp.grow.element_size()
+                            for lp in plan.layers) / mib,
             "tile_mib": tile_rows * max(l.in_features for l in layers) * 4 / mib,
             "dense_gradients_mib": sum(l.in_features * l.out_features for l in layers) * 4 / mib,
             "candidates_admitted": plan.info.get("candidates_admitted"),
@@ -213,14 +215,15 @@ def measure_memory(hidden: int, width: int, density: float, batch: int, alpha: f
 def run_memory(args) -> None:
     rows = []
     print(f"# extra live tensor bytes of one Redr-Gradient-Global plan (alpha={args.alpha}, batch {args.batch}, d={args.density})")
-    print(f"{'hidden':>6} {'tile':>5} {'nnz':>10} {'grown':>9} {'pass+sel MiB':>12} {'selection MiB':>13} "
+    print(f"{'hidden':>6} {'tile':>5} {'nnz':>10} {'grown':>9} {'all MiB':>8} {'selection MiB':>13} {'plan MiB':>8} "
           f"{'train step MiB':>14} {'dense grads MiB':>15}")
     for tile_rows in args.memory_tiles:
         for hidden in args.memory_hidden:
             r = measure_memory(hidden, args.memory_width, args.density, args.batch, args.alpha, tile_rows)
             rows.append(r)
-            print(f"{hidden:>6} {tile_rows:>5} {r['nnz']:>10} {r['grown']:>9} {r['peak_mib']:>12.1f} "
-                  f"{r['selection_peak_mib']:>13.1f} {r['train_step_peak_mib']:>14.1f} {r['dense_gradients_mib']:>15.1f}")
+            print(f"{hidden:>6} {tile_rows:>5} {r['nnz']:>10} {r['grown']:>9} {r['peak_mib']:>8.1f} "
+                  f"{r['selection_peak_mib']:>13.1f} {r['plan_mib']:>8.1f} {r['train_step_peak_mib']:>14.1f} "
+                  f"{r['dense_gradients_mib']:>15.1f}")
     for row in rows:
         print(json.dumps(row))
 

@@ -65,8 +65,10 @@ DEFAULT_TILE_ROWS = 512
 #: Entries sampled per layer to estimate a growth threshold (costs ``SAMPLE_SIZE * N`` multiply-adds).
 SAMPLE_SIZE = 16384
 
-#: Sampling is used only when the layer has at least this many free positions per sample.
-MIN_FREE_PER_SAMPLE = 8
+#: Sampling is used only when the layer has at least this many free positions per sample: a sampled
+#: entry costs a gathered (memory-bound) dot product, a swept one a share of a BLAS matmul, so below
+#: about a million positions the sample would cost as much as the candidates it saves.
+MIN_FREE_PER_SAMPLE = 64
 
 
 @dataclass
@@ -133,11 +135,14 @@ class LayerGradient:
         n = self.x.shape[0]
         chunk = max(1, self.tile_rows * self.in_features // max(n, 1))
         xT = self.x.t()
+        if not xT.is_contiguous():  # the first layer's input: gathering its columns would be strided
+            xT = xT.contiguous()
         out = []
         for s in range(0, rows.numel(), chunk):
             r, c = rows[s:s + chunk], cols[s:s + chunk]
             out.append((self.gT.index_select(0, r) * xT.index_select(0, c)).sum(1))
             self.stats.max_work_elements = max(self.stats.max_work_elements, r.numel() * n)
+        del xT
         vals = torch.cat(out) if out else self.gT.new_zeros(0)
         self.stats.sampled_entries += vals.numel()
         return self.all_reduce(vals)
@@ -308,7 +313,10 @@ def kth_largest(chunks: list[torch.Tensor], n: int, k: int, sample_size: int = 6
         hi = sample[max(0, int(q * m - margin))]
         lo = sample[min(m - 1, int(math.ceil(q * m + margin)))]
         above = sum(int((c > hi).sum()) for c in chunks)
-        if above < k:
+        if above < k and bool(lo == hi):  # the bracket sits on one (tied) value
+            if above + sum(int((c == hi).sum()) for c in chunks) >= k:
+                return hi
+        elif above < k:
             inside = [c[(c >= lo) & (c <= hi)] for c in chunks]
             inside = torch.cat(inside) if len(inside) > 1 else inside[0]
             need = k - above  # the need-th largest of the values inside the bracket
@@ -401,8 +409,13 @@ class StreamingTopK:
         v = kth_largest(self._scores, self.size, self.k)
         gts = [c > v for c in self._scores]
         need = self.k - sum(int(g.sum()) for g in gts)
+        old_s, old_i, self._scores, self._ids = self._scores, self._ids, [], []
         scores, ids, ranges, tie_id = [], [], [], None
-        for s, i, gt in zip(self._scores, self._ids, gts):
+        gts.reverse()
+        old_s.reverse()
+        old_i.reverse()
+        while old_s:  # pop in id order, so every old chunk is freed as soon as it is filtered
+            s, i, gt = old_s.pop(), old_i.pop(), gts.pop()
             if need > 0:
                 eq = s == v
                 n_eq = int(eq.sum())
@@ -414,12 +427,17 @@ class StreamingTopK:
                     need -= take
                     gt |= eq
                 del eq
-            if bool(gt.any()):
+            kept = int(gt.sum())
+            if kept == s.numel():
+                ks, ki = s, i
+            elif kept:
                 ks, ki = s[gt], i[gt]
+            del s, i, gt
+            if kept:
                 scores.append(ks)
                 ids.append(ki)
                 ranges.append((int(ki[0]), int(ki[-1])))
-        del gts
+                del ks, ki
         self._scores, self._ids, self._ranges = scores, ids, ranges
         self.size = self.k
         self.bound = float(v)
