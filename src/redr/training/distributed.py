@@ -501,17 +501,28 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
     # torchrun in its own session: a Ctrl-C reaches it once, forwarded from here, and torchrun forwards it once
     # to every worker (a second signal would make the workers stop without saving)
     proc = subprocess.Popen(cmd, start_new_session=True)
+    forwarded = []
+
+    def forward(signum, frame):
+        forwarded.append(signal.Signals(signum).name)
+        proc.send_signal(signum)
+
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            previous[sig] = signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+            previous[sig] = signal.signal(sig, forward)
         except ValueError:  # not the main thread: signals reach only the main thread anyway
             pass
     try:
-        return proc.wait()
+        code = proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if forwarded and code != 0:
+        print(f"interrupted ({forwarded[0]}): the processes stopped after the same step and rank 0 saved a "
+              "checkpoint; continue with the same command and --resume <out dir>", file=sys.stderr)
+        return 130
+    return code
 
 
 def spawn(fn: Callable, nprocs: int, args: tuple = (), backend: str = "gloo", threads: Optional[int] = None,
