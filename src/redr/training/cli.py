@@ -66,7 +66,9 @@ def add_parser(subparsers) -> None:
     a("--overwrite", action="store_true", help="replace a run already in --out")
     a("--resume", metavar="DIR", help="continue the run saved in DIR (same options, or none)")
     a("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_train)
+    a("--nproc", type=_positive_int, help="data-parallel training with N processes on this machine (runs torchrun; "
+                                          "one per GPU, or gloo on the CPU); see docs/distributed.md")
+    p.set_defaults(func=run_train, _train_parser=p)
 
 
 def options_from_args(args: argparse.Namespace) -> dict:
@@ -126,11 +128,17 @@ def run_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / (
             f"{config.dataset}-{config.model}-{config.algorithm}-d{config.density}-s{config.seed}-"
             f"{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    from redr.training import distributed
+
+    mode = distributed.cli_mode(args)  # None, "launch" (--nproc N: run torchrun) or "worker" (under torchrun)
+    if mode == "launch":
+        return distributed.launch_cli(args, out)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        trainer = train(config, out, overwrite=args.overwrite, resume=bool(args.resume), progress=not args.no_progress,
-                        command=["redr", *sys.argv[1:]])
+        trainer = (distributed.train_cli if mode == "worker" else train)(
+            config, out, overwrite=args.overwrite, resume=bool(args.resume), progress=not args.no_progress,
+            command=["redr", *sys.argv[1:]])
     last = trainer.metrics[-1] if trainer.metrics else None
-    if last is not None:
+    if last is not None and trainer.is_writer:
         print(f"done: {out}  final test_acc {last['test_acc']:.4f}  (metrics.csv, config.json)")
     return 0

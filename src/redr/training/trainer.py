@@ -127,13 +127,18 @@ class Trainer:
     """Runs one configuration. ``out_dir=None`` trains without writing files (library use, tests).
 
     ``rank``/``world_size``/``all_reduce`` are set by the data-parallel launcher; only rank 0 writes.
+    ``parallel`` (a :class:`redr.training.distributed.DataParallel`) sets all three and also averages the
+    gradients, shards evaluation and checks that the ranks keep one topology (see docs/distributed.md).
     """
 
     def __init__(self, config: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, progress: bool = True,
                  log: Callable[[str], None] = print, dataset=None, rank: int = 0, world_size: int = 1,
-                 wrap_model: Optional[Callable] = None, all_reduce: Optional[Callable] = None):
+                 wrap_model: Optional[Callable] = None, all_reduce: Optional[Callable] = None, parallel=None):
         config.validate(custom_data=dataset is not None)  # the one shared validation, whoever builds the trainer
         self.config = config
+        self.parallel = parallel
+        if parallel is not None:
+            rank, world_size, all_reduce = parallel.rank, parallel.world_size, all_reduce or parallel.all_reduce
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.rank, self.world_size = rank, world_size
         self.is_writer = rank == 0
@@ -158,7 +163,8 @@ class Trainer:
             schedule = RedistributionSchedule(config.epochs, config.redistribute_every, config.alpha0, config.end_fraction)
             extra = {"all_reduce": all_reduce} if all_reduce is not None else {}
             self.redistributor = Redistributor(self.model, self.optimizer, config.algorithm, schedule=schedule,
-                                               seed=derive_seed(config.seed, "redistributor"), loss_fn=self.loss_fn,
+                                               seed=derive_seed(config.seed, "redistributor"),
+                                               loss_fn=self.loss_fn if parallel is None else parallel.global_mean_loss(self.loss_fn),
                                                **extra, **config.algorithm_options)
         self.metrics: list[dict] = []
         self.epoch = 0  # finished epochs
@@ -169,6 +175,7 @@ class Trainer:
         self._skipped = 0
         self._epoch_steps = 0
         self._stop_signal = None
+        self._stop_requested = None  # data parallel: a signal this rank received, agreed on at the next step
 
     # ------------------------------------------------------------------ pieces
     def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -186,9 +193,10 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         loss_sum, correct = 0.0, 0
-        for start in range(0, x.shape[0], chunk):
-            out = self.model(x[start:start + chunk])
-            target = y[start:start + chunk]
+        lo, hi = (0, x.shape[0]) if self.parallel is None else self.parallel.shard(x.shape[0])  # this rank's rows
+        for start in range(lo, hi, chunk):
+            out = self.model(x[start:min(start + chunk, hi)])
+            target = y[start:min(start + chunk, hi)]
             if self.data.task == "binary":
                 logits = out.squeeze(-1)
                 loss_sum += float(F.binary_cross_entropy_with_logits(logits, target, reduction="sum"))
@@ -197,6 +205,8 @@ class Trainer:
                 loss_sum += float(F.cross_entropy(out, target, reduction="sum"))
                 correct += int((out.argmax(1) == target).sum())
         self.model.train(was)
+        if self.parallel is not None:
+            loss_sum, correct = self.parallel.sum_numbers(loss_sum, correct)
         n = max(1, x.shape[0])
         return loss_sum / n, correct / n
 
@@ -289,10 +299,16 @@ class Trainer:
             idx = batches[step]
             x, y = self.data.train_x[idx], self.data.train_y[idx]
             if self.augment is not None:
-                x = self.augment(x.view(-1, *self.data.image_shape), self.generators["augment"]).view(x.shape[0], -1)
+                x = self._augment(x, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.train_model(x), y)
-            loss.backward()
+            if self.parallel is None:
+                loss.backward()
+            else:  # the global batch's gradient and loss on every rank; all ranks agree on stopping
+                loss, stop = self.parallel.backward(loss, x.shape[0], list(self.model.parameters()),
+                                                    self._stop_requested is not None)
+                if stop and self._stop_signal is None:
+                    self._stop_signal = self._stop_requested or "a signal to another process"
             if self._check_finite(loss, x, epoch, step + 1):
                 self.optimizer.step()
                 loss_sum += loss.detach()
@@ -308,6 +324,23 @@ class Trainer:
             bar.close()
         self._epoch_loss_sum = float(loss_sum)
         return self._epoch_loss_sum / self._epoch_batches if self._epoch_batches else math.nan
+
+    def _augment(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """``x`` augmented. Data parallel: every rank draws the random parameters of the whole global batch and
+        uses its slice's, so the data equal a one-process run's and the generator stays the same on all ranks."""
+        gen, shape = self.generators["augment"], self.data.image_shape
+        if self.parallel is None:
+            return self.augment(x.view(-1, *shape), gen).view(x.shape[0], -1)
+        n_global = min(self.config.batch_size, self.data.train_x.shape[0] - step * self.config.batch_size)
+        lo, hi = self.parallel.shard(n_global)
+        assert hi - lo == x.shape[0], (lo, hi, x.shape)
+        if lo:
+            self.augment.theta(lo, shape[-2], shape[-1], gen)  # the draws of the ranks before this one
+        if hi > lo:
+            x = self.augment(x.view(-1, *shape), gen).view(x.shape[0], -1)
+        if n_global > hi:
+            self.augment.theta(n_global - hi, shape[-2], shape[-1], gen)  # ... and after it
+        return x
 
     def redistribution_batches(self):
         """The minibatch(es) given to gradient-based growth: drawn from their own generator, so the
@@ -342,6 +375,8 @@ class Trainer:
             row["loss_before_redistribution"] = self.evaluate(sub_x, sub_y)[0]
             batches = self.redistribution_batches() if self.redistributor.algorithm.needs_batches else None
             report = self.redistributor.step(epoch, batches)
+            if self.parallel is not None:
+                self.parallel.check_topology(self.model, f"after the redistribution of epoch {epoch}")
             row["loss_after_redistribution"] = self.evaluate(sub_x, sub_y)[0]
             row["alpha"], row["redistribution_seconds"] = report.alpha, report.seconds
         for name, layer in sparse_layers(self.model):
@@ -363,6 +398,8 @@ class Trainer:
                 previous = {}
                 break
         try:
+            if self.parallel is not None:
+                self.parallel.check_topology(self.model, "at the start")
             while self.epoch < self.config.epochs:
                 epoch = self.epoch + 1
                 row = self.run_epoch(epoch)
@@ -383,10 +420,14 @@ class Trainer:
         return self.metrics
 
     def _on_signal(self, signum, frame):
-        if self._stop_signal is not None:  # a second signal: stop now
+        if self._stop_signal is not None or self._stop_requested is not None:  # a second signal: stop now
             raise KeyboardInterrupt
-        self._stop_signal = signal.Signals(signum).name
-        self.log(f"{self._stop_signal} received: finishing this step, saving a checkpoint, then stopping")
+        name = signal.Signals(signum).name
+        if self.parallel is None:
+            self._stop_signal = name
+        else:  # every rank must stop after the same step: agreed in the next step's all-reduce
+            self._stop_requested = name
+        self.log(f"{name} received: finishing this step, saving a checkpoint, then stopping")
 
     def describe(self) -> str:
         c, s = self.config, self.summary
