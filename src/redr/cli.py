@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except RedrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # the trainer says where it stopped and that a checkpoint was saved
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -317,7 +317,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if self._stop_signal is not None:
                 break
         if bar is not None:
