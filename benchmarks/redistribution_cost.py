@@ -9,7 +9,10 @@ is ``ceil(60000 / 512)`` steps of zero_grad + forward + cross-entropy + backward
 synthetic data (the time does not depend on the values). Then, for each algorithm, on a copy of the
 trained model and optimizer: one ``plan`` + ``apply_plan`` (optimizer state remapped, invariants
 checked) at ``alpha = 0.5``, the largest fraction of the paper's schedule, with one batch of 512.
-Wall-clock; the median of ``--repeat`` runs is reported (all runs are in the JSON lines).
+Wall-clock; the median of ``--repeat`` runs is reported (all runs are in the JSON lines). On a shared
+machine the load can drift between the epoch and the redistributions, so a second ratio ("local") divides
+each redistribution by an epoch estimated from ``--bracket-steps`` training steps timed right before and
+after it.
 
 Memory (issue 5: the global algorithm's extra memory must not grow with the number of layers). For
 ``784-4096 x h-10`` nets with ``h`` hidden layers, the live bytes of every tensor *allocated during*
@@ -88,7 +91,17 @@ def time_redistribution(name, model, opt, batch, alpha, tile_rows):
     return t1 - t0, t2 - t1, plan
 
 
+def step_times(model, opt, x, y, batch, steps, start=0):
+    """Wall-clock seconds of each of ``steps`` training steps."""
+    out = []
+    for s in range(start, start + steps):
+        out.append(time_epoch(model, opt, x[s * batch % x.shape[0]:][:batch], y[s * batch % x.shape[0]:][:batch], batch, 1))
+    return out
+
+
 def run_time(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     torch.manual_seed(0)
     model = redr.build_mlp(sizes, args.density, generator=torch.Generator().manual_seed(0))
@@ -100,27 +113,35 @@ def run_time(args) -> None:
     time_epoch(model, opt, x, y, args.batch, 2)  # warm-up: numba kernels loaded, Adam state created
     measured = time_epoch(model, opt, x, y, args.batch, steps)
     epoch = measured * full_steps / steps
-    print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; load average "
+          f"{', '.join(f'{v:.1f}' for v in __import__('os').getloadavg())}")
     print(f"# net {args.sizes} d={args.density} batch {args.batch}; nnz per layer {[l.nnz for l in sparse(model)]}")
     print(f"# epoch ({full_steps} steps){'' if steps == full_steps else f', extrapolated from {steps} steps'}: "
           f"{epoch:.2f} s ({measured / steps * 1000:.0f} ms/step); 5% of it: {0.05 * epoch:.2f} s")
-    print(f"{'algorithm':<16} {'plan s':>8} {'apply s':>8} {'total s':>8} {'% epoch':>8}")
+    print(f"# 'local %': against {full_steps} x the median of the {args.bracket_steps} training steps timed right "
+          f"before and after each redistribution (robust to a load that drifts during the run)")
+    print(f"{'algorithm':<16} {'plan s':>8} {'apply s':>8} {'total s':>8} {'% epoch':>8} {'local %':>8}")
     snapshot = copy.deepcopy((model, opt))
     batch = (x[:args.batch], y[:args.batch])
     rows = []
     for name in ALGORITHMS:
-        runs = []
+        runs, local = [], []
         for _ in range(args.repeat):
             m, o = copy.deepcopy(snapshot)
+            around = step_times(model, opt, x, y, args.batch, args.bracket_steps)
             plan_s, apply_s, plan = time_redistribution(name, m, o, batch, args.alpha, args.tile_rows)
+            around += step_times(model, opt, x, y, args.batch, args.bracket_steps, start=args.bracket_steps)
             runs.append((plan_s, apply_s))
+            local.append((plan_s + apply_s) / (full_steps * statistics.median(around)))
             del m, o
         plan_s = statistics.median(r[0] for r in runs)
         apply_s = statistics.median(r[1] for r in runs)
         total = plan_s + apply_s
-        print(f"{name:<16} {plan_s:8.3f} {apply_s:8.3f} {total:8.3f} {100 * total / epoch:7.2f}%")
+        local_ratio = statistics.median(local)
+        print(f"{name:<16} {plan_s:8.3f} {apply_s:8.3f} {total:8.3f} {100 * total / epoch:7.2f}% {100 * local_ratio:7.2f}%")
         rows.append({"bench": "redistribution_time", "algorithm": name, "plan_s": plan_s, "apply_s": apply_s,
-                     "seconds": total, "epoch_s": epoch, "ratio": total / epoch, "runs": runs,
+                     "seconds": total, "epoch_s": epoch, "ratio": total / epoch, "local_ratio": local_ratio,
+                     "runs": runs, "local_ratios": local,
                      "moved": sum(lp.remove.numel() for lp in plan.layers), "alpha": args.alpha,
                      "net": args.sizes, "density": args.density, "batch": args.batch, "tile_rows": args.tile_rows,
                      "epoch_steps_measured": steps, "cpu": cpu_name(), "threads": torch.get_num_threads()})
@@ -238,6 +259,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tile-rows", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for the time part (0: torch's default)")
+    parser.add_argument("--bracket-steps", type=int, default=5, help="training steps timed before and after each redistribution")
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-hidden", type=int, nargs="+", default=[2, 6])
