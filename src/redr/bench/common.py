@@ -65,6 +65,11 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+#: Environment variables that change thread behaviour (and so the timings); recorded when set.
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME",
+              "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "CUDA_VISIBLE_DEVICES")
+
+
 def environment(device: torch.device) -> dict:
     """What every JSON line records about where it was measured."""
     try:
@@ -90,6 +95,7 @@ def environment(device: torch.device) -> dict:
         "commit": git["commit"],
         "dirty_files": git["dirty_files"],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
         "command": " ".join(sys.argv),
     }
 
@@ -276,6 +282,11 @@ def make_record(suite: str, kind: str, env: dict, config: dict, results: dict, r
 
 def rounded(x: Optional[float], digits: int = 4):
     return None if x is None else round(float(x), digits)
+
+
+def ratio(x: Optional[float]):
+    """A ratio to 4 significant digits (a tiny ratio keeps its precision)."""
+    return None if x is None else float(f"{float(x):.4g}")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -23,7 +23,7 @@ import time
 import torch
 
 from redr.bench.common import (JsonLines, algorithm_availability, environment, format_table, make_record, make_trainer,
-                               median, net_specs, print_flush, rounded, spread, synthetic_dataset, sync)
+                               median, net_specs, print_flush, ratio, rounded, spread, synthetic_dataset, sync)
 from redr.redistribution.registry import ALGORITHMS
 from redr.sparse.convert import sparse_layers
 
@@ -147,8 +147,8 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                            "redistribution_pct": rounded(100 * redist_s / epoch_s, 3),
                            "hook_s": rounded(hook_s, 5), "hook_pct": rounded(100 * hook_s / epoch_s, 3),
                            "dense_epoch_s": rounded(dense_s)}
-                ratios = {"epoch_vs_dense": rounded(epoch_s / dense_s, 4),
-                          "total_vs_dense": rounded((epoch_s + redist_s) / dense_s, 4)}
+                ratios = {"epoch_vs_dense": ratio(epoch_s / dense_s),
+                          "total_vs_dense": ratio((epoch_s + redist_s) / dense_s)}
                 rec = make_record("epoch", "sparse", env, config, results, ratios)
                 out.write(rec)
                 records.append(rec)
@@ -165,7 +165,7 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
         rec = make_record("epoch", "dense-recheck", env, {**base_config, "model": "dense-neuron", "algorithm": None, "density": 1.0},
                           {"epoch_s": rounded(again_s), "epoch_s_all": [rounded(v) for v in again["epoch_s"]],
                            "first_epoch_s": rounded(dense_s), "drift_pct": rounded(100 * (again_s / dense_s - 1), 2)},
-                          {"recheck_vs_first": rounded(again_s / dense_s, 4)})
+                          {"recheck_vs_first": ratio(again_s / dense_s)})
         out.write(rec)
         records.append(rec)
         table.append([spec.name, 1.0, "dense recheck", again_s, again_s / dense_s, None, None, None, None])

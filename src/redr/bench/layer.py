@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from redr.bench.common import (JsonLines, environment, format_table, make_record, median, mib, print_flush, rounded,
+from redr.bench.common import (JsonLines, environment, format_table, make_record, median, mib, print_flush, ratio, rounded,
                                spread, sync)
 from redr.sparse import SparseLinear, kernels
 
@@ -112,7 +112,7 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                     ms = median(times[name])
                     results[f"{name}_ms"] = rounded(ms, 6)
                     results[f"{name}_spread"] = rounded(spread(times[name]), 3)
-                    ratios[f"{name}"] = rounded(dense_ms / ms, 3)
+                    ratios[f"{name}"] = ratio(dense_ms / ms)
                     row += [ms, dense_ms / ms]
                 if "auto" in layers:
                     config["auto_resolves_to"] = layers["auto"].resolved_backend()
@@ -124,7 +124,7 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                 if not memory_done and some is not None:  # once per shape x density (independent of the batch)
                     mem = persistent_bytes(some, dense)
                     mrec = make_record("layer", "memory", env, {k: config[k] for k in ("in_features", "out_features",
-                                       "density", "nnz")}, mem, {"sparse_over_dense": rounded(mem["sparse_bytes"] / mem["dense_bytes"], 4)})
+                                       "density", "nnz")}, mem, {"sparse_over_dense": ratio(mem["sparse_bytes"] / mem["dense_bytes"])})
                     out.write(mrec)
                     records.append(mrec)
                     mem_table.append([f"{in_f}x{out_f}", density, some.nnz, mib(mem["sparse_values_bytes"]),

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from redr.bench.common import (PACKAGE_ROOT, JsonLines, algorithm_availability, environment, format_table, make_record,
-                               make_trainer, mib, net_specs, print_flush, rounded, synthetic_dataset, sync)
+                               make_trainer, mib, net_specs, print_flush, ratio, synthetic_dataset, sync)
 from redr.redistribution.registry import ALGORITHMS
 
 DENSITIES = [0.1, 0.06, 0.03]
@@ -249,8 +249,8 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                     dense = r
                 ratios = {}
                 if dense is not None:
-                    ratios = {"peak_vs_dense": rounded(r["peak_bytes"] / dense["peak_bytes"], 4),
-                              "state_vs_dense": rounded(r["state_bytes"] / dense["state_bytes"], 4)}
+                    ratios = {"peak_vs_dense": ratio(r["peak_bytes"] / dense["peak_bytes"]),
+                              "state_vs_dense": ratio(r["state_bytes"] / dense["state_bytes"])}
                 rec = make_record("memory", "dense" if model != "sparse" else "sparse", env, config, r, ratios)
                 out.write(rec)
                 records.append(rec)
