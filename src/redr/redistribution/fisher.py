@@ -36,6 +36,7 @@ the Fisher of all ranks' gradients together.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -47,6 +48,28 @@ REFERENCE_DAMPENING = 1e-3
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+@contextmanager
+def single_threaded(device):
+    """Run the enclosed CPU work with one intra-op thread (restored afterwards; no-op on other devices).
+
+    The Fisher's work is thousands of tiny independent problems (``B x B`` products and factorisations):
+    torch parallelises each batched call over its blocks and MKL/LAPACK may thread each 34 x 34 call, and on
+    a busy machine the OpenMP threads spin at every barrier while the other thread is descheduled. Measured
+    on the 2-core CPU under load: the per-step update took 102 ms of CPU with 2 threads and 10 ms with 1, the
+    inversion of 59k blocks 32 s and 2.6 s (benchmarks/woodfisher_cost.py; docs/algorithms-woodfisher.md).
+    ``torch.set_num_threads`` is process-wide: another Python thread using torch at the same moment runs
+    single-threaded too for that long."""
+    n = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @dataclass(frozen=True)
@@ -193,9 +216,10 @@ class BlockInverse:
         """``F^-1 v`` block by block, ``v`` shaped ``(n_blocks, B)`` (``out`` may be given, not ``v``)."""
         if out is None:
             out = torch.empty_like(v)
-        for c in range(0, self.layout.n_blocks, self.chunk_blocks):
-            full = self._pk.unpack(self.packed[c:c + self.chunk_blocks], dtype=v.dtype)
-            out[c:c + self.chunk_blocks] = torch.bmm(full, v[c:c + self.chunk_blocks].unsqueeze(-1)).squeeze(-1)
+        with single_threaded(v.device):
+            for c in range(0, self.layout.n_blocks, self.chunk_blocks):
+                full = self._pk.unpack(self.packed[c:c + self.chunk_blocks], dtype=v.dtype)
+                out[c:c + self.chunk_blocks] = torch.bmm(full, v[c:c + self.chunk_blocks].unsqueeze(-1)).squeeze(-1)
         return out
 
     def dense(self) -> torch.Tensor:
@@ -272,14 +296,15 @@ class BlockFisher:
         if self.layout is None:
             raise RuntimeError("BlockFisher.reset(nnz) must be called before add()")
         self._allocate()
-        row = self._buffer[:, self._fill, :]
-        self.layout.write_rows(row, grads)
-        if self._grad_sum is not None:
-            self._grad_sum += row
-        self._fill += 1
-        self.count += 1
-        if self._fill == self.buffer_steps:
-            self.flush()
+        with single_threaded(self._device):
+            row = self._buffer[:, self._fill, :]
+            self.layout.write_rows(row, grads)
+            if self._grad_sum is not None:
+                self._grad_sum += row
+            self._fill += 1
+            self.count += 1
+            if self._fill == self.buffer_steps:
+                self.flush()
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -288,10 +313,11 @@ class BlockFisher:
             return
         pk = _Packing.get(self.block_size, self._device)
         r = self._fill
-        for c in range(0, self.layout.n_blocks, self.chunk_blocks):
-            g = self._buffer[c:c + self.chunk_blocks, :r, :]          # (nc, r, B)
-            outer = torch.bmm(g.transpose(1, 2), g)                    # (nc, B, B) = sum_j g_j g_j^T
-            self._S[c:c + self.chunk_blocks].add_(torch.index_select(outer.view(outer.shape[0], -1), 1, pk.upper))
+        with single_threaded(self._device):
+            for c in range(0, self.layout.n_blocks, self.chunk_blocks):
+                g = self._buffer[c:c + self.chunk_blocks, :r, :]          # (nc, r, B)
+                outer = torch.bmm(g.transpose(1, 2), g)                    # (nc, B, B) = sum_j g_j g_j^T
+                self._S[c:c + self.chunk_blocks].add_(torch.index_select(outer.view(outer.shape[0], -1), 1, pk.upper))
         self._fill = 0
 
     # ------------------------------------------------------------------ results
@@ -335,8 +361,9 @@ class BlockFisher:
                 summed = all_reduce(chunk)
                 if summed is not chunk:
                     chunk.copy_(summed)
-            full = pk.unpack(chunk, dtype=torch.float64).div_(m)
-            pk.pack(damped_inverse(full, self.dampening), chunk)
+            with single_threaded(self._device):
+                full = pk.unpack(chunk, dtype=torch.float64).div_(m)
+                pk.pack(damped_inverse(full, self.dampening), chunk)
         mean = None
         if self._grad_sum is not None:
             gsum = self._grad_sum
