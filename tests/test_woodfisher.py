@@ -392,7 +392,7 @@ def test_options_registry_and_errors():
     defaults = {"block_size": 34, "dampening": 1.0, "buffer_steps": 8, "min_layer_fraction": 0.1,
                 "min_weights_per_layer": None}
     assert algo.options() == {**defaults, "block_size": 16, "dampening": 0.5} and algo.needs_step_hook
-    assert make_algorithm("woodfisher").options()["dampening"] == 1e-3
+    assert make_algorithm("woodfisher").options()["dampening"] == 1e-6
     assert make_algorithm("woodtaylor").options() == defaults == algorithm_options("woodtaylor")
     with pytest.raises(UsageError, match="takes no option"):
         make_algorithm("woodfisher", blocksize=3)
