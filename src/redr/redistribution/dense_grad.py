@@ -8,11 +8,14 @@ layer's input ``x`` (``N x in``) and output gradient ``g = dL/d(pre-activation)`
 consumer as a :class:`LayerGradient`. The consumer asks it for dense gradient rows, ``g[:, rows].T @ x``,
 a tile of at most ``tile_rows`` rows at a time, scores the tile, keeps what it needs and drops the tile.
 
-Memory. The extra pass holds what a training step holds (activations, output gradients); on top of that
-only one tile (``tile_rows * in_features`` numbers, plus same-sized temporaries) and whatever the
-consumer keeps (for growth: at most a small multiple of the number of positions it will grow). The
-layer's ``x`` and ``g`` are released right after its consumer returns, so the extra memory does not
-depend on the size of a layer beyond ``tile_rows * in_features``, nor on the number of layers.
+Memory. The extra pass holds what a training step holds (activations; the layer's output gradient
+while the backward is at that layer). The dense-gradient work holds one tile (``tile_rows *
+in_features`` numbers) and same-sized temporaries at a time, sampled entries are computed in chunks of
+the same size, and a layer's ``x`` and ``g`` are released as soon as its consumer returns: that part
+depends neither on the size of a layer beyond ``tile_rows * in_features`` nor on the number of layers.
+What does scale with the model is what the consumer keeps: for growth, its candidates, ``O(k)`` pairs
+for ``k`` weights to grow (``k + max(k / 4, 65536)`` at most, 8 bytes each with float32 scores), i.e.
+proportional to the plan itself. ``benchmarks/redistribution_cost.py`` measures it.
 
 Details that matter:
 
@@ -55,7 +58,6 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from redr.redistribution.select import smallest_k
 from redr.sparse.layer import SparseLinear
 
 #: Default rows per tile: 512 rows of a 4096-wide layer are 8 MiB of float32 (measured on 2 CPU cores:
@@ -279,23 +281,6 @@ def stream_layer_gradients(ctx, consumer: Callable[[LayerGradient], None], num_b
 
 
 # ---------------------------------------------------------------------------------------------- selection
-def top_k_index(scores: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (into ``scores``) of the ``k`` largest scores; among equal scores the lower ``ids`` win."""
-    n = scores.numel()
-    k = max(0, min(int(k), n))
-    if k == n:
-        return torch.arange(n, device=scores.device)
-    if k == 0:
-        return torch.empty(0, dtype=torch.int64, device=scores.device)
-    v = torch.kthvalue(scores, n - k + 1).values  # the k-th largest
-    gt = (scores > v).nonzero().squeeze(1)
-    eq = (scores == v).nonzero().squeeze(1)
-    need = k - gt.numel()
-    if eq.numel() > need:
-        eq = eq[smallest_k(ids[eq], need)]
-    return torch.cat([gt, eq])
-
-
 def kth_largest(chunks: list[torch.Tensor], n: int, k: int, sample_size: int = 65536) -> torch.Tensor:
     """The ``k``-th largest of the ``n`` values in ``chunks`` (a 0-d tensor), exactly, without copying them all.
 
