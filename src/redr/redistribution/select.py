@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from redr.sparse.index_ops import isin_sorted, merge_sorted
+
 
 def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` smallest entries of a 1-D tensor (ties: lower index first), ascending index order."""
@@ -19,7 +21,7 @@ def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     threshold = torch.kthvalue(scores, k).values
     below = (scores < threshold).nonzero().squeeze(1)
     equal = (scores == threshold).nonzero().squeeze(1)[: k - below.numel()]
-    return torch.sort(torch.cat([below, equal])).values
+    return merge_sorted(below, equal)[0]  # both ascending and disjoint
 
 
 def largest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -58,10 +60,11 @@ def proportional_shares(total: int, sizes: list[int], capacity: list[int] | None
 def random_inactive_keys(active_keys: torch.Tensor, n_positions: int, k: int, generator: torch.Generator) -> torch.Tensor:
     """``k`` distinct positions in ``[0, n_positions)`` drawn uniformly among those not in ``active_keys``.
 
-    ``active_keys`` must be sorted. Sparse layers draw candidates and reject active ones and repeats
-    (memory O(k), no dense mask); nearly dense layers enumerate the free positions instead. The
-    generator is a CPU generator so that every device and every data-parallel rank draws the same.
-    Returns sorted int64 keys; fewer than ``k`` only when fewer positions are free.
+    ``active_keys`` must be sorted. Sparse layers draw candidates, drop active ones and repeats, and
+    subsample a surplus at random (each round leaves a uniform random set of free positions; memory
+    O(k), no dense mask); nearly dense layers enumerate the free positions instead. The generator is a
+    CPU generator so that every device and every data-parallel rank draws the same. Returns sorted
+    int64 keys; fewer than ``k`` only when fewer positions are free.
     """
     device = active_keys.device
     free = n_positions - active_keys.numel()
@@ -78,13 +81,9 @@ def random_inactive_keys(active_keys: torch.Tensor, n_positions: int, k: int, ge
     chosen = torch.empty(0, dtype=torch.int64)
     while chosen.numel() < k:
         need = k - chosen.numel()
-        draw = torch.randint(0, n_positions, (need + need // 4 + 16,), generator=generator)
-        hit = torch.searchsorted(active, draw).clamp(max=active.numel() - 1)
-        draw = draw[active[hit] != draw] if active.numel() else draw
-        # keep first occurrences, in draw order, so the result depends only on the generator
-        merged = torch.cat([chosen, draw])
-        uniq, inverse = torch.unique(merged, return_inverse=True)
-        first = torch.full((uniq.numel(),), merged.numel(), dtype=torch.int64).scatter_reduce(
-            0, inverse, torch.arange(merged.numel()), reduce="amin")
-        chosen = merged[torch.sort(first).values][:k]
-    return torch.sort(chosen).values.to(device)
+        draw = torch.unique(torch.randint(0, n_positions, (need + need // 4 + 16,), generator=generator))
+        draw = draw[~isin_sorted(draw, active) & ~isin_sorted(draw, chosen)]
+        if draw.numel() > need:
+            draw = draw[torch.sort(torch.randperm(draw.numel(), generator=generator)[:need]).values]
+        chosen = torch.sort(torch.cat([chosen, draw])).values
+    return chosen.to(device)

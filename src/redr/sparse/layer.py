@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from redr.sparse import kernels
+from redr.sparse.index_ops import ascending, merge_sorted, sorted_intersect
 from redr.sparse.init import fan_in_for_density, paper_bounds, partitioned_topology, uniform_
 from redr.sparse.layout import CSRLayout
 from redr.sparse.optim_state import remap_optimizer_state
@@ -137,21 +138,15 @@ class SparseLinear(nn.Module):
         if rows.numel() and (rows.min() < 0 or rows.max() >= self.out_features or cols.min() < 0 or cols.max() >= self.in_features):
             raise TopologyError(f"added position out of range for a {self.out_features}x{self.in_features} layer")
         old_keys = self.layout.keys()
-        new_keys, _ = torch.sort(rows * self.in_features + cols)
+        new_keys = ascending(rows * self.in_features + cols)
         if new_keys.numel() > 1 and bool((new_keys[1:] == new_keys[:-1]).any()):
             raise TopologyError("added positions contain duplicates")
-        hit = torch.searchsorted(old_keys, new_keys).clamp(max=max(old_nnz - 1, 0))
-        if old_nnz and bool((old_keys[hit] == new_keys).any()):
+        if sorted_intersect(old_keys, new_keys):
             raise TopologyError("an added position is already active (removed and grown sets must be disjoint)")
 
         kept_old = keep.nonzero().squeeze(1)
-        kept_keys = old_keys[kept_old]
-        # merge two sorted lists: each element's final slot = own rank + rank among the other list
-        kept_new = torch.arange(kept_keys.numel(), device=device) + torch.searchsorted(new_keys, kept_keys)
-        added_new = torch.arange(new_keys.numel(), device=device) + torch.searchsorted(kept_keys, new_keys)
-        new_nnz = kept_keys.numel() + new_keys.numel()
-        merged = torch.empty(new_nnz, dtype=torch.int64, device=device)
-        merged[kept_new], merged[added_new] = kept_keys, new_keys
+        merged, kept_new, added_new = merge_sorted(old_keys[kept_old], new_keys)
+        new_nnz = merged.numel()
 
         change = TopologyChange(old_nnz, new_nnz, kept_old, kept_new, added_new)
         for opt in optimizers:
@@ -160,8 +155,7 @@ class SparseLinear(nn.Module):
         new_values[kept_new] = self.values[kept_old]
         self.values.grad = None
         self.values.data = new_values
-        self._set_layout(CSRLayout.from_sorted_coo(merged // self.in_features, merged % self.in_features,
-                                                   (self.out_features, self.in_features)))
+        self._set_layout(CSRLayout.from_keys(merged, (self.out_features, self.in_features)))
         return change
 
     # ----------------------------------------------------------------- state dict

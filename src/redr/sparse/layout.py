@@ -38,17 +38,19 @@ class CSRLayout:
     @classmethod
     def from_sorted_coo(cls, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
         """``rows``/``cols`` (int64) must already be in row-major order without duplicates."""
+        from redr.sparse.index_ops import transpose_csr
+
         out_f, in_f = shape
         dtype = index_dtype(out_f, in_f, rows.numel())
-        perm_t = torch.argsort(cols * out_f + rows)
-        return cls(
-            shape=(out_f, in_f),
-            crow=_crow_from_sorted(rows, out_f, dtype),
-            col=cols.to(dtype),
-            crow_t=_crow_from_sorted(cols[perm_t], in_f, dtype),
-            row_t=rows[perm_t].to(dtype),
-            perm_t=perm_t.to(dtype),
-        )
+        crow = _crow_from_sorted(rows, out_f, dtype)
+        col = cols.to(dtype)
+        crow_t, row_t, perm_t = transpose_csr(crow, col, in_f, dtype)
+        return cls(shape=(out_f, in_f), crow=crow, col=col, crow_t=crow_t, row_t=row_t, perm_t=perm_t)
+
+    @classmethod
+    def from_keys(cls, keys: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
+        """From strictly increasing flat keys ``row * in_features + col``."""
+        return cls.from_sorted_coo(keys // shape[1], keys % shape[1], shape)
 
     @property
     def nnz(self) -> int:
