@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 
 try:  # numba is a dependency, but a user's exotic platform may lack it: fall back to torch ops.
     import numba
+    import numpy as np
     from numba import njit, prange
 
     HAVE_NUMBA = True
@@ -38,7 +39,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 BACKENDS = ("auto", "numba", "torch", "dense")
 
 #: Layers with at most this many dense positions use the dense backend under ``auto`` on the CPU.
-#: Chosen from ``benchmarks/layer.py`` on a 2-core CPU (see benchmarks/RESULTS.md).
+#: Chosen from ``redr bench layer`` on a 2-core CPU (results in benchmarks/README.md).
 DENSE_MAX_POSITIONS = 16 * 1024
 
 
@@ -49,12 +50,12 @@ if HAVE_NUMBA:
     # 1.2-2x faster than the one-at-a-time loop on a 4096x4096 layer (AVX2, 2 cores).
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _spmm_numba(crow, col, vals, xT, out):  # pragma: no cover - compiled
-        """``out[i, :] += sum_k vals[k] * xT[col[k], :]`` over row ``i``'s entries."""
+    def _spmm_numba(crow, col, vals, xT, bias, out):  # pragma: no cover - compiled
+        """``out[i, :] = bias[i] + sum_k vals[k] * xT[col[k], :]`` over row ``i``'s entries."""
         rows = crow.shape[0] - 1
         width = xT.shape[1]
         for i in prange(rows):
-            acc = out[i, :].copy()
+            acc = np.full(width, bias[i], dtype=out.dtype)
             k, end = crow[i], crow[i + 1]
             while k + 4 <= end:
                 w0, w1, w2, w3 = vals[k], vals[k + 1], vals[k + 2], vals[k + 3]
@@ -105,10 +106,9 @@ def spmm(crow, col, vals, xT, shape, bias=None, backend="numba"):
     """``W @ xT (+ bias[:, None])`` for the CSR matrix ``W`` of ``shape`` with values ``vals``."""
     rows = shape[0]
     if backend == "numba" and vals.dtype == torch.float32:
-        out = xT.new_zeros(rows, xT.shape[1])  # a fresh buffer: expand().contiguous() may alias the bias
-        if bias is not None:
-            out += bias[:, None]
-        _spmm_numba(_np(crow), _np(col), _np(vals), _np(xT), _np(out))
+        out = xT.new_empty(rows, xT.shape[1])  # every entry written by the kernel (bias included)
+        _spmm_numba(_np(crow), _np(col), _np(vals), _np(xT), _np(bias if bias is not None else vals.new_zeros(rows)),
+                    _np(out))
         return out
     csr = torch.sparse_csr_tensor(crow, col, vals, shape, check_invariants=False)
     out = torch.mm(csr, xT)
@@ -157,11 +157,17 @@ class SparseLinearFunction(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None, None
 
 
-def dense_forward(x, values, bias, layout):
-    """Scatter the values into a dense matrix (differentiably) and call BLAS: for tiny layers."""
-    out_f, in_f = layout.shape
-    weight = values.new_zeros(out_f * in_f).index_put((layout.flat_positions(),), values).view(out_f, in_f)
-    return torch.nn.functional.linear(x, weight, bias)
+def dense_forward(x, values, bias, positions, shape):
+    """Scatter the values into a dense matrix (differentiably) and call BLAS: for tiny layers.
+
+    ``positions`` are the flat ``row * in + col`` of the values. The output is computed as ``W @ x.T`` and
+    returned as a transposed view, the layout of the sparse kernels, so that elementwise ops between
+    layers (ReLU and its backward) see one layout (mixed layouts made ReLU's backward 12x slower)."""
+    out_f, in_f = shape
+    weight = values.new_zeros(out_f * in_f).index_put((positions,), values).view(out_f, in_f)
+    if bias is None:
+        return torch.mm(weight, x.t()).t()
+    return torch.addmm(bias[:, None], weight, x.t()).t()
 
 
 def choose_backend(requested: str, device: torch.device, positions: int) -> str:

@@ -66,11 +66,19 @@ class SparseLinear(nn.Module):
 
     # ----------------------------------------------------------------- structure
     def _set_layout(self, layout: CSRLayout) -> None:
+        self._flat_positions = None
         self.register_buffer("crow", layout.crow)
         self.register_buffer("col", layout.col)
         self.register_buffer("crow_t", layout.crow_t, persistent=False)
         self.register_buffer("row_t", layout.row_t, persistent=False)
         self.register_buffer("perm_t", layout.perm_t, persistent=False)
+
+    def flat_positions(self) -> torch.Tensor:
+        """``row * in_features + col`` of every value (int64), cached until the topology changes."""
+        cached = self._flat_positions
+        if cached is None or cached.device != self.col.device or cached.numel() != self.nnz:
+            cached = self._flat_positions = self.layout.keys()
+        return cached
 
     @property
     def layout(self) -> CSRLayout:
@@ -107,7 +115,7 @@ class SparseLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         backend = self.resolved_backend()
         if backend == "dense":
-            y = kernels.dense_forward(x2, self.values, self.bias, self.layout)
+            y = kernels.dense_forward(x2, self.values, self.bias, self.flat_positions(), (self.out_features, self.in_features))
         else:
             y = kernels.SparseLinearFunction.apply(x2, self.values, self.bias, self.layout, backend)
         return y.reshape(*lead, self.out_features)

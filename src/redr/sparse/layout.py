@@ -65,9 +65,6 @@ class CSRLayout:
         """``row * in_features + col`` (int64), strictly increasing in ``values`` order."""
         return self.rows() * self.shape[1] + self.col.long()
 
-    def flat_positions(self) -> torch.Tensor:
-        return self.keys()
-
     def row_counts(self) -> torch.Tensor:
         return (self.crow[1:] - self.crow[:-1]).long()
 
