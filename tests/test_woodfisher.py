@@ -402,6 +402,13 @@ def test_options_registry_and_errors():
         RedrWoodfisher(block_size=0)
 
 
+def test_release_free_heap_is_harmless():
+    from redr.redistribution.woodfisher import release_free_heap
+    assert release_free_heap() in (True, False)
+    x = torch.ones(10)
+    assert x.sum().item() == 10
+
+
 def test_sherman_morrison_online_form():
     sm = ShermanMorrisonInverse(3, 4, 0.1, num_samples=5, dtype=D)
     g = torch.randn(5, 3, 4, dtype=D)
