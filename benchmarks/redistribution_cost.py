@@ -2,6 +2,7 @@
 
     python benchmarks/redistribution_cost.py                       # both parts, the issue's setting
     python benchmarks/redistribution_cost.py --skip-memory --epoch-steps 20   # quicker, extrapolated epoch
+    python benchmarks/redistribution_cost.py --skip-memory --tune-malloc      # glibc keeps freed memory
 
 Time (issue 5: one redistribution of each algorithm must take at most 5% of an epoch). In one process:
 the ``784-4096-4096-10`` MLP at ``d=0.1`` (all layers sparse, auto backend), batch 512, Adam; an epoch
@@ -99,7 +100,24 @@ def step_times(model, opt, x, y, batch, steps, start=0):
     return out
 
 
+def tune_malloc() -> bool:
+    """Ask glibc to keep freed memory (no mmap/munmap per large tensor, no trimming): on this VM every fresh
+    page costs a fault, and both training and redistribution allocate tens of MiB per step. Same effect as
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456``."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    return bool(ok and libc.mallopt(M_TOP_PAD, 256 * 2**20))
+
+
 def run_time(args) -> None:
+    if args.tune_malloc and not tune_malloc():
+        print("# --tune-malloc: mallopt unavailable, running with the default allocator settings")
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -113,7 +131,8 @@ def run_time(args) -> None:
     time_epoch(model, opt, x, y, args.batch, 2)  # warm-up: numba kernels loaded, Adam state created
     measured = time_epoch(model, opt, x, y, args.batch, steps)
     epoch = measured * full_steps / steps
-    print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; load average "
+    print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"malloc {'tuned' if args.tune_malloc else 'default'}; load average "
           f"{', '.join(f'{v:.1f}' for v in __import__('os').getloadavg())}")
     print(f"# net {args.sizes} d={args.density} batch {args.batch}; nnz per layer {[l.nnz for l in sparse(model)]}")
     print(f"# epoch ({full_steps} steps){'' if steps == full_steps else f', extrapolated from {steps} steps'}: "
@@ -144,7 +163,8 @@ def run_time(args) -> None:
                      "runs": runs, "local_ratios": local,
                      "moved": sum(lp.remove.numel() for lp in plan.layers), "alpha": args.alpha,
                      "net": args.sizes, "density": args.density, "batch": args.batch, "tile_rows": args.tile_rows,
-                     "epoch_steps_measured": steps, "cpu": cpu_name(), "threads": torch.get_num_threads()})
+                     "epoch_steps_measured": steps, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+                     "malloc": "tuned" if args.tune_malloc else "default"})
     for row in rows:
         print(json.dumps(row))
 
@@ -259,6 +279,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tile-rows", type=int, default=512)
+    parser.add_argument("--tune-malloc", action="store_true", help="glibc keeps freed memory (see tune_malloc)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for the time part (0: torch's default)")
     parser.add_argument("--bracket-steps", type=int, default=5, help="training steps timed before and after each redistribution")
     parser.add_argument("--skip-time", action="store_true")
