@@ -12,7 +12,6 @@ import contextlib
 import gzip
 import io
 import math
-import os
 import random
 import re
 import shutil

@@ -3,45 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from redr.cli_types import comma_list, non_negative_int, positive_int
 from redr.errors import UsageError
 
 SUITES = ("layer", "epoch", "memory")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _densities(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values or any(not 0 < v <= 1 for v in values):
+    values = comma_list(float)(text)
+    if any(not 0 < v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"densities must be in (0, 1], got {text!r}")
-    return values
-
-
-def _names(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
     return values
 
 
@@ -56,7 +27,7 @@ def _shapes(text: str):
 
 def _batches(text: str) -> list[int]:
     try:
-        return [_positive_int(v) for v in _names(text)]
+        return [positive_int(v) for v in comma_list()(text)]
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"batches: {exc}") from None
 
@@ -71,29 +42,29 @@ def add_parser(subparsers) -> None:
                         "their dense twin; memory: peak memory per algorithm x density vs dense; all: the three")
     p.add_argument("files", nargs="*", help="summary only: JSON-lines files to summarize")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--repeats", type=_positive_int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed repeats, median reported (default: layer 20, epoch 1; --quick: layer 3)")
-    p.add_argument("--warmup", type=_non_negative_int, default=None, help="layer: untimed rounds first (default 3; --quick 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=None, help="layer: untimed rounds first (default 3; --quick 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run (results marked quick)")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="append JSON lines here (default benchmarks/results/<suite>-<date>.jsonl under the current directory)")
     p.add_argument("--densities", type=_densities, default=None, help="comma-separated (default 0.1,0.06,0.03)")
-    p.add_argument("--algorithms", type=_names, default=None, help="epoch/memory: comma-separated (default: all registered)")
-    p.add_argument("--nets", type=_names, default=None, help="epoch: higgs,kmnist,wide (default all); memory: default wide")
+    p.add_argument("--algorithms", type=comma_list(), default=None, help="epoch/memory: comma-separated (default: all registered)")
+    p.add_argument("--nets", type=comma_list(), default=None, help="epoch: higgs,kmnist,wide (default all); memory: default wide")
     p.add_argument("--shapes", type=_shapes, default=None, help="layer: INxOUT list (default 784x256,256x256,4096x4096)")
     p.add_argument("--batches", type=_batches, default=None, help="layer: batch sizes (default 128,512)")
-    p.add_argument("--backends", type=_names, default=None, help="layer: sparse backends (default numba,torch,dense,auto; "
+    p.add_argument("--backends", type=comma_list(), default=None, help="layer: sparse backends (default numba,torch,dense,auto; "
                                                                   "numba only on the CPU)")
     p.add_argument("--backend", default="auto", choices=("auto", "numba", "torch", "dense"),
                    help="epoch: the sparse nets' backend (default auto)")
-    p.add_argument("--higgs-rows", type=_positive_int, default=None, help="epoch: rows per HIGGS epoch (default 500000)")
-    p.add_argument("--rows", type=_positive_int, default=None, help="epoch: rows per KMNIST/wide epoch (default 60000)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="memory: training steps before the redistribution (default 3)")
-    p.add_argument("--jobs", type=_positive_int, default=1,
+    p.add_argument("--higgs-rows", type=positive_int, default=None, help="epoch: rows per HIGGS epoch (default 500000)")
+    p.add_argument("--rows", type=positive_int, default=None, help="epoch: rows per KMNIST/wide epoch (default 60000)")
+    p.add_argument("--steps", type=positive_int, default=None, help="memory: training steps before the redistribution (default 3)")
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="memory: configuration subprocesses run at once (default 1; memory is per process, so only "
                         "the wall time changes)")
     p.add_argument("--worker-timeout", type=float, default=900.0, help="memory: seconds per configuration subprocess")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch and numba threads (default: their own)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch and numba threads (default: their own)")
     p.set_defaults(func=main)
 
 

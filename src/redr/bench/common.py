@@ -280,8 +280,9 @@ def make_record(suite: str, kind: str, env: dict, config: dict, results: dict, r
             **env, "config": config, "results": results, "ratios": ratios}
 
 
-def rounded(x: Optional[float], digits: int = 4):
-    return None if x is None else round(float(x), digits)
+def rounded(x: Optional[float], digits: int = 5):
+    """To ``digits`` significant digits: times span milliseconds (quick runs) to minutes."""
+    return None if x is None else float(f"{float(x):.{digits}g}")
 
 
 def ratio(x: Optional[float]):

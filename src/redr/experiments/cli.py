@@ -6,28 +6,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from redr.cli_types import comma_list, positive_int
 from redr.errors import UsageError
 from redr.experiments.grid import DESCRIPTIONS, EXPERIMENTS, GRID_MODELS, QUICK, build_cells
-
-
-def _csv_list(kind):
-    def parse(text: str):
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
-
-    return parse
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_parser(subparsers) -> None:
@@ -43,8 +24,8 @@ def add_parser(subparsers) -> None:
                       "See docs/reproduce.md for run times.")
     a = p.add_argument
     a("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT", help="one of: " + ", ".join(EXPERIMENTS))
-    a("--seeds", type=_positive, help="seeds 0..N-1 per configuration (default 3; timing and memory 1)")
-    a("--epochs", type=_positive, help="epochs per run (default: the paper's, 30 for KMNIST/Fashion-MNIST, 80 for HIGGS)")
+    a("--seeds", type=positive_int, help="seeds 0..N-1 per configuration (default 3; timing and memory 1)")
+    a("--epochs", type=positive_int, help="epochs per run (default: the paper's, 30 for KMNIST/Fashion-MNIST, 80 for HIGGS)")
     a("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     a("--data-dir", help="data directory (default $REDR_DATA_DIR, else ~/.cache/redr)")
     a("--no-download", action="store_true", help="never download data; fail if files are missing")
@@ -54,9 +35,9 @@ def add_parser(subparsers) -> None:
     a("--dataset", action="append", dest="datasets", metavar="NAME",
       help="dataset(s) for induced-loss, frequency, depth, memory (default kmnist), woodtaylor (default kmnist and "
            "higgs) and timing (default higgs); repeat for several. The accuracy grids are named by their dataset")
-    a("--algorithms", type=_csv_list(str), help="restrict the grid to these of: " + ",".join(GRID_MODELS))
-    a("--densities", type=_csv_list(float), help="restrict the grid to these densities, e.g. 0.1,0.03")
-    a("--threads", type=_positive, help="CPU threads for torch and the numba kernels (default: theirs, all cores). "
+    a("--algorithms", type=comma_list(str), help="restrict the grid to these of: " + ",".join(GRID_MODELS))
+    a("--densities", type=comma_list(float), help="restrict the grid to these densities, e.g. 0.1,0.03")
+    a("--threads", type=positive_int, help="CPU threads for torch and the numba kernels (default: theirs, all cores). "
                                         "Use 1 on a shared, busy machine: multi-threaded small kernels slow down "
                                         "many times over when the cores are oversubscribed")
     a("--retry-failed", action="store_true", help="rerun runs that failed before (default: report them, skip them)")

@@ -6,6 +6,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+from redr.cli_types import integer
 from redr.errors import UsageError
 from redr.training.config import PRESETS, RunConfig
 
@@ -14,14 +15,6 @@ ALGORITHM_FLAGS = {"block_size": int, "dampening": float, "tile_rows": int, "neu
                    "min_weights_per_layer": int}
 AUGMENT_FLAGS = {"aug_degrees": ("degrees", float), "aug_translate": ("translate", float),
                  "aug_scale": ("scale", float), "aug_shear": ("shear", float)}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    return value
 
 
 def add_parser(subparsers) -> None:
@@ -38,25 +31,25 @@ def add_parser(subparsers) -> None:
     a("--model", choices=["sparse", "dense-neuron", "dense-param"], help="sparse, or a dense baseline (default sparse)")
     a("--algorithm", help=f"redistribution algorithm: {', '.join(ALGORITHMS)} (default random; none for dense)")
     a("--density", type=float, help="fraction of active weights per sparse layer (default 0.1)")
-    a("--epochs", type=_positive_int, help="training epochs")
-    a("--batch-size", type=_positive_int, help="minibatch size")
+    a("--epochs", type=integer, help="training epochs")
+    a("--batch-size", type=integer, help="minibatch size")
     a("--lr", type=float, help="Adam learning rate")
-    a("--hidden", type=_positive_int, nargs="+", help="hidden layer sizes, e.g. --hidden 256 256")
+    a("--hidden", type=integer, nargs="+", help="hidden layer sizes, e.g. --hidden 256 256")
     a("--dense-last", action=argparse.BooleanOptionalAction, default=None, help="keep the output layer dense")
-    a("--redistribute-every", type=_positive_int, help="epochs between redistributions, t (default 1)")
+    a("--redistribute-every", type=integer, help="epochs between redistributions, t (default 1)")
     a("--alpha0", type=float, help="initial fraction of weights moved (default 0.5)")
     a("--end-fraction", type=float, help="fraction of the epochs after which redistribution stops (default 0.75)")
-    a("--redistribution-batches", type=_positive_int, help="training minibatches given to gradient-based growth (default 1)")
-    a("--induced-loss-rows", type=_positive_int, help="training rows on which the loss before/after redistribution "
+    a("--redistribution-batches", type=integer, help="training minibatches given to gradient-based growth (default 1)")
+    a("--induced-loss-rows", type=integer, help="training rows on which the loss before/after redistribution "
                                                      "is measured (default 4096)")
     a("--augment", action=argparse.BooleanOptionalAction, default=None, help="random affine augmentation (images)")
     for flag, (name, _) in AUGMENT_FLAGS.items():
         a("--" + flag.replace("_", "-"), type=float, nargs="+", dest=flag, help=f"augmentation {name} (see RandomAffine)")
-    a("--train-rows", type=_positive_int, help="training rows used (HIGGS default 500000; images: all)")
-    a("--test-rows", type=_positive_int, help="test/validation rows used (HIGGS default 100000; images: all)")
+    a("--train-rows", type=integer, help="training rows used (HIGGS default 500000; images: all)")
+    a("--test-rows", type=integer, help="test/validation rows used (HIGGS default 100000; images: all)")
     for flag, kind in ALGORITHM_FLAGS.items():
         a("--" + flag.replace("_", "-"), type=kind, dest=flag, help="algorithm option (only algorithms that take it)")
-    a("--seed", type=_positive_int, help="seed of every random choice (default 0)")
+    a("--seed", type=integer, help="seed of every random choice (default 0)")
     a("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     a("--backend", choices=["auto", "numba", "torch", "dense"], help="sparse kernels (default auto)")
     a("--data-dir", help="data directory (default $REDR_DATA_DIR, else ~/.cache/redr)")
@@ -66,7 +59,7 @@ def add_parser(subparsers) -> None:
     a("--overwrite", action="store_true", help="replace a run already in --out")
     a("--resume", metavar="DIR", help="continue the run saved in DIR (same options, or none)")
     a("--no-progress", action="store_true", help="no progress bar")
-    a("--nproc", type=_positive_int, help="data-parallel training with N processes on this machine (runs torchrun; "
+    a("--nproc", type=integer, help="data-parallel training with N processes on this machine (runs torchrun; "
                                           "one per GPU, or gloo on the CPU); see docs/distributed.md")
     p.set_defaults(func=run_train, _train_parser=p)
 

@@ -20,7 +20,6 @@ import random
 import signal
 import sys
 import time
-import warnings
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
