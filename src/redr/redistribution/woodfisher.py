@@ -50,8 +50,8 @@ from redr.sparse.layer import SparseLinear, TopologyChange
 #: Default dampening of Redr-Woodfisher. The WoodFisher reference implementation defaults to 1e-3 for a
 #: Fisher of per-sample gradients; ours averages outer products of minibatch-mean gradients, whose noise
 #: part is ~1/batch as large (batch 512 here), so the reference's setting corresponds to ~2e-6. Measured on
-#: Fashion-MNIST (docs/algorithms-woodfisher.md): the induced loss falls steadily from 1e-3 to 1e-8, 1e-6
-#: cuts it 2-10x below magnitude removal's at every step, 1e-3 only 1.2-3x.
+#: Fashion-MNIST (docs/algorithms-woodfisher.md): the induced loss falls steadily from 1e-1 to 1e-8; 1e-6
+#: puts it 3-12x below magnitude removal's at every step of the sweeps, 1e-3 only 1.2-2.8x.
 WOODFISHER_DAMPENING = 1e-6
 #: Default dampening of Redr-Woodtaylor: the paper's ablation (section 4.3.3) found lambda = 1 best on KMNIST.
 WOODTAYLOR_DAMPENING = 1.0
