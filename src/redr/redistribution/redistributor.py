@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from redr.redistribution.base import RedistributionAlgorithm, RedistributionContext, identity
+from redr.redistribution.heap import release_free_heap
 from redr.redistribution.plan import apply_plan
 from redr.redistribution.registry import make_algorithm
 from redr.redistribution.schedule import RedistributionSchedule
@@ -88,7 +89,11 @@ class Redistributor:
         return self.schedule.should_redistribute(epoch)
 
     def step(self, epoch: int, batches: Sequence | None = None) -> RedistributionReport | None:
-        """Call at the end of epoch ``epoch`` (1-based). Redistributes if the schedule says so."""
+        """Call at the end of epoch ``epoch`` (1-based). Redistributes if the schedule says so.
+
+        Call it when no autograd graph of the model is alive (after ``backward``, not between a forward
+        and its backward): a layer's nnz may change, and a graph saved with the old values would fail.
+        """
         if not self.schedule.should_redistribute(epoch):
             return None
         if self.algorithm.needs_batches and (not batches or self.loss_fn is None):
@@ -105,6 +110,8 @@ class Redistributor:
         plan = self.algorithm.plan(ctx)
         self.model.train(was_training)
         changes = apply_plan(layers, plan, self.optimizers, check=self.check)
+        if layers[0].values.device.type == "cpu":
+            release_free_heap()  # before the algorithm re-allocates its statistics
         self.algorithm.on_topology_changed(layers, changes)
         if sync:
             torch.cuda.synchronize()

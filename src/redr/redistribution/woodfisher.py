@@ -34,8 +34,6 @@ its floor.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 from typing import Sequence
 
@@ -121,31 +119,6 @@ def global_smallest(scores: Sequence[torch.Tensor], k: int, allowance: Sequence[
             fixed[i] = int(allowance[i])
 
 
-def _libc():
-    try:
-        name = ctypes.util.find_library("c")
-        lib = ctypes.CDLL(name) if name else None
-        return lib if lib is not None and hasattr(lib, "malloc_trim") else None
-    except OSError:  # pragma: no cover - non-glibc platforms
-        return None
-
-
-_LIBC = _libc()
-
-
-def release_free_heap() -> bool:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
-
-    A topology change allocates and frees many nnz-sized temporaries; glibc keeps the freed pages in its
-    heap (the resident set stays high) and the Fisher, re-allocated right after, then comes on top of them.
-    Trimming after the topology change keeps the steady state at sparse net + Fisher (measured: peak RSS of
-    the 784-4096-4096-10 run 908 -> 800 MB, docs/algorithms-woodfisher.md). Costs milliseconds."""
-    if _LIBC is None:
-        return False
-    _LIBC.malloc_trim(0)
-    return True
-
-
 class RedrWoodfisher(RedistributionAlgorithm):
     """Remove by the WoodFisher statistic (globally), update the kept weights optimally, grow randomly.
 
@@ -199,8 +172,6 @@ class RedrWoodfisher(RedistributionAlgorithm):
 
     def on_topology_changed(self, layers: Sequence[SparseLinear], changes: Sequence[TopologyChange]) -> None:
         self.fisher.reset([layer.nnz for layer in layers], dtype=layers[0].values.dtype, device=layers[0].values.device)
-        if layers[0].values.device.type == "cpu":
-            release_free_heap()
 
     def state_dict(self) -> dict:
         return {"fisher": self.fisher.state_dict()}

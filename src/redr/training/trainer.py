@@ -508,6 +508,10 @@ class Trainer:
             return
         info = {
             "config": self.config.to_dict(),
+            # every option of the algorithm as it ran, defaults included (a changed default stays visible)
+            "algorithm": {"name": self.config.algorithm,
+                          "options": self.redistributor.algorithm.options() if self.redistributor else {},
+                          "schedule": self.redistributor.schedule.to_dict() if self.redistributor else None},
             "model": self.summary.to_dict(),
             "data": self.data.info,
             "device": {"type": self.device.type, "name": device_name(self.device), "world_size": self.world_size},
