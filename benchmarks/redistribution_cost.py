@@ -3,6 +3,10 @@
     python benchmarks/redistribution_cost.py                       # both parts, the issue's setting
     python benchmarks/redistribution_cost.py --skip-memory --epoch-steps 20   # quicker, extrapolated epoch
     python benchmarks/redistribution_cost.py --skip-memory --tune-malloc      # glibc keeps freed memory
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/redistribution_cost.py --skip-memory   # see benchmarks/README.md
+
+Run it on a quiet machine: torch's and numba's OpenMP runtimes both spin-wait by default, and with other
+processes on the 2 cores the redistribution (many large tensor ops) slows down far more than a training step.
 
 Time (issue 5: one redistribution of each algorithm must take at most 5% of an epoch). In one process:
 the ``784-4096-4096-10`` MLP at ``d=0.1`` (all layers sparse, auto backend), batch 512, Adam; an epoch
@@ -13,7 +17,7 @@ checked) at ``alpha = 0.5``, the largest fraction of the paper's schedule, with 
 Wall-clock; the median of ``--repeat`` runs is reported (all runs are in the JSON lines). On a shared
 machine the load can drift between the epoch and the redistributions, so a second ratio ("local") divides
 each redistribution by an epoch estimated from ``--bracket-steps`` training steps timed right before and
-after it.
+after it, and a third ("CPU") compares process CPU seconds, which do not count time spent descheduled.
 
 Memory (issue 5: the global algorithm's extra memory must not grow with the number of layers). For
 ``784-4096 x h-10`` nets with ``h`` hidden layers, the live bytes of every tensor *allocated during*
@@ -32,6 +36,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -65,17 +70,19 @@ def sparse(model):
 
 
 # ------------------------------------------------------------------------------------------------ time
-def time_epoch(model, opt, x, y, batch, steps):
+def time_epoch(model, opt, x, y, batch, steps, cpu=False):
+    """Wall-clock seconds of ``steps`` training steps (and the process CPU seconds with ``cpu``)."""
     loss_fn = torch.nn.functional.cross_entropy
     n = x.shape[0]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for s in range(steps):
         lo = (s * batch) % n
         xb, yb = x[lo:lo + batch], y[lo:lo + batch]
         opt.zero_grad(set_to_none=True)
         loss_fn(model(xb), yb).backward()
         opt.step()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return (wall, time.process_time() - start_cpu) if cpu else wall
 
 
 def time_redistribution(name, model, opt, batch, alpha, tile_rows):
@@ -84,12 +91,12 @@ def time_redistribution(name, model, opt, batch, alpha, tile_rows):
     layers = sparse(model)
     ctx = RedistributionContext(model, layers, alpha, torch.Generator().manual_seed(0),
                                 torch.nn.functional.cross_entropy, [batch])
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     plan = algo.plan(ctx)
     t1 = time.perf_counter()
     apply_plan(layers, plan, [opt])
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, plan
+    t2, c2 = time.perf_counter(), time.process_time()
+    return t1 - t0, t2 - t1, c2 - c0, plan
 
 
 def step_times(model, opt, x, y, batch, steps, start=0):
@@ -129,42 +136,48 @@ def run_time(args) -> None:
     full_steps = math.ceil(args.samples / args.batch)
     steps = args.epoch_steps or full_steps
     time_epoch(model, opt, x, y, args.batch, 2)  # warm-up: numba kernels loaded, Adam state created
-    measured = time_epoch(model, opt, x, y, args.batch, steps)
+    measured, measured_cpu = time_epoch(model, opt, x, y, args.batch, steps, cpu=True)
     epoch = measured * full_steps / steps
+    epoch_cpu = measured_cpu * full_steps / steps
     print(f"# {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"malloc {'tuned' if args.tune_malloc else 'default'}; load average "
-          f"{', '.join(f'{v:.1f}' for v in __import__('os').getloadavg())}")
+          f"malloc {'tuned' if args.tune_malloc else 'default'}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"# net {args.sizes} d={args.density} batch {args.batch}; nnz per layer {[l.nnz for l in sparse(model)]}")
     print(f"# epoch ({full_steps} steps){'' if steps == full_steps else f', extrapolated from {steps} steps'}: "
-          f"{epoch:.2f} s ({measured / steps * 1000:.0f} ms/step); 5% of it: {0.05 * epoch:.2f} s")
+          f"{epoch:.2f} s ({measured / steps * 1000:.0f} ms/step, {epoch_cpu:.1f} CPU s); 5% of it: {0.05 * epoch:.2f} s")
     print(f"# 'local %': against {full_steps} x the median of the {args.bracket_steps} training steps timed right "
-          f"before and after each redistribution (robust to a load that drifts during the run)")
-    print(f"{'algorithm':<16} {'plan s':>8} {'apply s':>8} {'total s':>8} {'% epoch':>8} {'local %':>8}")
+          f"before and after each redistribution (robust to a load that drifts during the run); 'CPU %': process "
+          f"CPU seconds of the redistribution over those of the epoch (time spent descheduled does not count)")
+    print(f"{'algorithm':<16} {'plan s':>8} {'apply s':>8} {'total s':>8} {'% epoch':>8} {'local %':>8} {'CPU %':>8}")
     snapshot = copy.deepcopy((model, opt))
     batch = (x[:args.batch], y[:args.batch])
     rows = []
     for name in ALGORITHMS:
-        runs, local = [], []
+        runs, local, cpus = [], [], []
         for _ in range(args.repeat):
             m, o = copy.deepcopy(snapshot)
             around = step_times(model, opt, x, y, args.batch, args.bracket_steps)
-            plan_s, apply_s, plan = time_redistribution(name, m, o, batch, args.alpha, args.tile_rows)
+            plan_s, apply_s, cpu_s, plan = time_redistribution(name, m, o, batch, args.alpha, args.tile_rows)
             around += step_times(model, opt, x, y, args.batch, args.bracket_steps, start=args.bracket_steps)
             runs.append((plan_s, apply_s))
+            cpus.append(cpu_s)
             local.append((plan_s + apply_s) / (full_steps * statistics.median(around)))
             del m, o
         plan_s = statistics.median(r[0] for r in runs)
         apply_s = statistics.median(r[1] for r in runs)
         total = plan_s + apply_s
         local_ratio = statistics.median(local)
-        print(f"{name:<16} {plan_s:8.3f} {apply_s:8.3f} {total:8.3f} {100 * total / epoch:7.2f}% {100 * local_ratio:7.2f}%")
+        cpu_ratio = statistics.median(cpus) / epoch_cpu
+        print(f"{name:<16} {plan_s:8.3f} {apply_s:8.3f} {total:8.3f} {100 * total / epoch:7.2f}% {100 * local_ratio:7.2f}% "
+              f"{100 * cpu_ratio:7.2f}%")
         rows.append({"bench": "redistribution_time", "algorithm": name, "plan_s": plan_s, "apply_s": apply_s,
                      "seconds": total, "epoch_s": epoch, "ratio": total / epoch, "local_ratio": local_ratio,
-                     "runs": runs, "local_ratios": local,
+                     "cpu_ratio": cpu_ratio, "epoch_cpu_s": epoch_cpu, "runs": runs, "local_ratios": local, "cpu_s": cpus,
                      "moved": sum(lp.remove.numel() for lp in plan.layers), "alpha": args.alpha,
                      "net": args.sizes, "density": args.density, "batch": args.batch, "tile_rows": args.tile_rows,
                      "epoch_steps_measured": steps, "cpu": cpu_name(), "threads": torch.get_num_threads(),
-                     "malloc": "tuned" if args.tune_malloc else "default"})
+                     "malloc": "tuned" if args.tune_malloc else "default",
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
     for row in rows:
         print(json.dumps(row))
 

@@ -206,6 +206,32 @@ def test_gradient_sampled_threshold_and_resweep_are_exact(monkeypatch):
         assert keys_of(lp.grow, layer.in_features) == e
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_dead_rows_are_skipped_and_results_stay_exact(monkeypatch, sampled):
+    model = mlp([30, 40, 24, 5], 0.2, seed=12)
+    first = sparse_layers(model)[0]
+    first.bias.data[28:] = -100.0  # hidden units 28..39 never fire: their dL/dW rows are exactly 0
+    x, y = data(32, 30, 5, seed=12)
+    want, _ = naive_grads(model, x, y)
+    assert bool((want[0][28:] == 0).all())
+    if sampled:
+        monkeypatch.setattr(dense_grad, "SAMPLE_SIZE", 128)
+        monkeypatch.setattr(dense_grad, "MIN_FREE_PER_SAMPLE", 1)
+    plan = RedrGradient(tile_rows=4).plan(ctx_for(model, 0.3, x, y))
+    for layer, lp, grad in zip(sparse_layers(model), plan.layers, want):
+        assert keys_of(lp.grow, layer.in_features) == ranked(inactive_scores_naive(layer, grad), removal_count(layer.nnz, 0.3))
+    assert plan.info["gradient"]["dead_rows"] >= 12
+    assert plan.info["gradient"]["skipped_tiles"] == (3 if sampled else 0)  # only a threshold > 0 rules zeros out
+    glob = RedrGradientGlobal(tile_rows=4, min_layer_fraction=0.0, min_weights_per_layer=0).plan(ctx_for(model, 0.3, x, y))
+    expected, _ = global_expected(model, want, 0.3)
+    got, offset = [], 0
+    for layer, lp in zip(sparse_layers(model), glob.layers):
+        got += [offset + k for k in keys_of(lp.grow, layer.in_features)]
+        offset += layer.in_features * layer.out_features
+    assert sorted(got) == expected
+    assert glob.info["gradient"]["skipped_tiles"] == 3  # by layer 0 the global bound is above 0
+
+
 def test_gradient_float32_numba_backend_picks_top_scores():
     model = mlp([64, 300, 10], 0.1, seed=4, dtype=torch.float32, backend="numba")
     x, y = data(64, 64, 10, seed=4, dtype=torch.float32)

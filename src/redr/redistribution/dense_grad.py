@@ -81,6 +81,8 @@ class GradientStats:
     batches: int = 0  # batches used
     layers: int = 0  # layers handed to the consumer
     tiles: int = 0  # dense-gradient tiles computed
+    skipped_tiles: int = 0  # tiles of dead rows only, left out because zeros could not be chosen
+    dead_rows: int = 0  # rows (over all layers) whose output gradient is all zero: never multiplied
     max_tile_rows: int = 0
     max_work_elements: int = 0  # largest tile or sample chunk, in numbers
     sampled_entries: int = 0  # entries computed for thresholds
@@ -105,6 +107,7 @@ class LayerGradient:
         self.index, self.layer, self.x, self.gT = index, layer, x, gT
         self.tile_rows, self._all_reduce, self.stats = tile_rows, all_reduce, stats
         self.out_features, self.in_features = layer.out_features, layer.in_features
+        self._live = None
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         self.stats.all_reduce_calls += 1
@@ -114,23 +117,47 @@ class LayerGradient:
         """``sum_n |dL/d pre-activation[n, i]|`` for every output neuron ``i`` (all-reduced), shape ``(out,)``."""
         return self.all_reduce(self.gT.abs().sum(1))
 
+    def live_rows(self) -> torch.Tensor:
+        """Bool ``(out,)``: rows whose output gradient is not all zero on some rank (a dead ReLU unit's row of
+        ``dL/dW`` is exactly 0). All-reduced, so every rank skips the same work."""
+        if self._live is None:
+            live = self.all_reduce((self.gT != 0).any(1).to(self.gT.dtype)) > 0
+            self._live = live
+            self.stats.dead_rows += int(live.numel() - live.sum())
+        return self._live
+
     def tile(self, rows) -> torch.Tensor:
         """Dense gradient rows ``dL/dW[rows, :]`` (all-reduced); ``rows`` a slice or an index tensor of at most
-        ``tile_rows`` rows. A fresh tensor the caller may modify."""
+        ``tile_rows`` rows. A fresh tensor the caller may modify. For a slice, rows that are dead on every
+        rank are not multiplied (their entries are exactly 0)."""
         g = self.gT[rows] if isinstance(rows, slice) else self.gT.index_select(0, rows)
         n = g.shape[0]
         if n > self.tile_rows:
             raise ValueError(f"a tile of {n} rows exceeds tile_rows={self.tile_rows}")
-        t = self.all_reduce(g @ self.x)
+        live = self.live_rows()[rows] if isinstance(rows, slice) else None
+        n_live = n if live is None else int(live.sum())
+        if n_live == n:
+            t = g @ self.x
+        else:
+            t = g.new_zeros(n, self.in_features)
+            if n_live:
+                idx = live.nonzero().squeeze(1)
+                t[idx] = g.index_select(0, idx) @ self.x
+        t = self.all_reduce(t)
         self.stats.tiles += 1
         self.stats.max_tile_rows = max(self.stats.max_tile_rows, n)
         self.stats.max_work_elements = max(self.stats.max_work_elements, t.numel())
         return t
 
-    def tiles(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(first_row, tile)`` for consecutive row ranges covering the whole matrix."""
+    def tiles(self, skip_dead: Callable[[], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(first_row, tile)`` for consecutive row ranges covering the whole matrix. A range whose rows
+        are all dead (all-zero tile) is left out when ``skip_dead()`` says zeros cannot matter."""
         for r0 in range(0, self.out_features, self.tile_rows):
-            yield r0, self.tile(slice(r0, min(r0 + self.tile_rows, self.out_features)))
+            rows = slice(r0, min(r0 + self.tile_rows, self.out_features))
+            if skip_dead is not None and not bool(self.live_rows()[rows].any()) and skip_dead():
+                self.stats.skipped_tiles += 1
+                continue
+            yield r0, self.tile(rows)
 
     def entries(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``dL/dW[rows[j], cols[j]]`` for a list of positions (all-reduced), in chunks no larger than a tile."""
@@ -520,12 +547,14 @@ def stream_layer_into(sel: StreamingTopK, lg: LayerGradient, keys: torch.Tensor,
     layer, in_f = lg.layer, lg.in_features
     crow = layer.crow
     hint = sampled_threshold(lg, sel, keys)
-    for r0, tile in lg.tiles():
+    # a tile of dead rows scores 0 everywhere: it can only matter while 0 can still be chosen
+    zeros_lose = (lambda: True) if hint is not None and hint > 0 else (lambda: sel.bound > 0)
+    for r0, tile in lg.tiles(skip_dead=zeros_lose):
         sel.offer(inactive_scores(tile, r0, keys, crow, in_f), id_offset + r0 * in_f, lo=hint)
         del tile
     if hint is not None and sel.count_at_least(hint) < sel.k:
         lg.stats.resweeps += 1
-        for r0, tile in lg.tiles():
+        for r0, tile in lg.tiles(skip_dead=lambda: sel.bound > 0):
             sel.offer(inactive_scores(tile, r0, keys, crow, in_f), id_offset + r0 * in_f, hi=hint)
             del tile
     sel.compact()
