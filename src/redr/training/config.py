@@ -34,10 +34,6 @@ PRESETS = {
                       dense_last=False, train_rows=2048, test_rows=512),
 }
 
-#: Options only some algorithms take; given with another algorithm they are an error.
-ALGORITHM_OPTION_NAMES = ("block_size", "dampening", "tile_rows", "neuron_fraction", "min_weights_per_layer")
-
-
 @dataclass
 class RunConfig:
     preset: str = "kmnist"
