@@ -16,6 +16,12 @@ Every configuration runs in a **fresh subprocess** (``python -m redr.bench.memor
    (``train_peak_bytes``) and, after a reset, over the redistribution (``redistribution_peak_bytes``);
    ``peak_bytes`` is the larger, both above the same baseline.
 
+On the CPU every worker runs with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``,
+unless already set): by default glibc raises the threshold after the first large free, so later large
+blocks come from the heap, whose freed pages stay resident; the resident set then measures the
+allocator's caching rather than the memory the computation needs. With the threshold fixed, every large
+tensor is its own mapping, returned to the OS when freed, for the dense twin and the sparse nets alike.
+
 So a configuration is charged for what training it needs on top of the same process with the same data
 loaded; imports, the CUDA context and the data are not counted on either side. Also reported is the
 **state** after the last training step (before the redistribution): exact bytes of the tensors the model,
@@ -194,6 +200,7 @@ def worker_main(argv: list[str]) -> int:
 
 def _run_worker(config: dict, timeout: float) -> dict:
     env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))  # see the module docstring
     src = str(PACKAGE_ROOT.parent)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "redr.bench.memory", "--worker", json.dumps(config)]

@@ -10,6 +10,7 @@ from torch import nn
 from redr.redistribution.plan import LayerPlan, RedistributionPlan, keys_to_positions
 from redr.redistribution.select import random_inactive_keys, smallest_k
 from redr.sparse.layer import SparseLinear, TopologyChange
+from redr.sparse.layout import key_dtype
 
 
 def identity(t: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,8 @@ def magnitude_removal(layer: SparseLinear, alpha: float) -> torch.Tensor:
 
 def random_growth(layer: SparseLinear, k: int, generator: torch.Generator) -> torch.Tensor:
     """``(2, k)`` positions drawn uniformly among the layer's currently inactive ones."""
-    keys = random_inactive_keys(layer.layout.keys(), layer.in_features * layer.out_features, k, generator)
+    active = layer.layout.keys(key_dtype(layer.layout.shape))
+    keys = random_inactive_keys(active, layer.in_features * layer.out_features, k, generator)
     return keys_to_positions(keys, layer.in_features)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from redr.sparse.index_ops import ascending, sorted_intersect
 from redr.sparse.layer import SparseLinear, TopologyChange
+from redr.sparse.layout import key_dtype
 
 
 class InvariantError(AssertionError):
@@ -44,8 +45,11 @@ class RedistributionPlan:
 
 
 def keys_to_positions(keys: torch.Tensor, in_features: int) -> torch.Tensor:
-    """Flat keys ``row * in_features + col`` to a ``(2, k)`` (row, col) tensor."""
-    return torch.stack([keys // in_features, keys % in_features])
+    """Flat keys ``row * in_features + col`` to a ``(2, k)`` (row, col) tensor, int32 where it fits (half the
+    bytes of a plan that may hold half a layer's weights)."""
+    rows = torch.div(keys, in_features, rounding_mode="floor")
+    out = torch.stack([rows, keys - rows * in_features])
+    return out.to(torch.int32) if keys.numel() == 0 or int(keys.max()) < 2**31 - 1 else out
 
 
 def unchanged(layer: SparseLinear) -> TopologyChange:
@@ -66,8 +70,8 @@ def apply_plan(layers: Sequence[SparseLinear], plan: RedistributionPlan, optimiz
         if lp.remove.numel() == 0 and lp.grow.shape[1] == 0:  # nothing moves: no rebuild
             changes.append(unchanged(layer))
             continue
-        old_keys = layer.layout.keys() if check else None
-        change = layer.change_topology(lp.remove, lp.grow, optimizers)
+        old_keys = layer.layout.keys(key_dtype(layer.layout.shape)) if check else None
+        change = layer.change_topology(lp.remove, lp.grow, optimizers, old_keys=old_keys)
         if check:
             check_invariants(layer, change, lp, old_keys, optimizers)
         changes.append(change)
@@ -84,10 +88,10 @@ def check_invariants(layer: SparseLinear, change: TopologyChange, lp: LayerPlan,
     expected = change.old_nnz - lp.remove.numel() + lp.grow.shape[1]
     if layer.nnz != expected or change.new_nnz != expected:
         raise InvariantError(f"nnz {layer.nnz} after the step, planned {expected}")
-    keys = layer.layout.keys()
+    keys = layer.layout.keys(old_keys.dtype)
     if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
         raise InvariantError("duplicate or unsorted indices after the step")
-    grown = ascending(lp.grow[0] * layer.in_features + lp.grow[1])
+    grown = ascending((lp.grow[0] * layer.in_features + lp.grow[1]).to(old_keys.dtype))
     if sorted_intersect(old_keys, grown):
         raise InvariantError("a grown position was active before the step (removed and grown sets must be disjoint)")
     if sorted_intersect(keys, ascending(old_keys[lp.remove])):

@@ -55,6 +55,22 @@ if HAVE_NUMBA:
             out[j] = i < a.shape[0] and a[i] == q[j]
 
     @njit(cache=True)
+    def _keys_numba(crow, col, in_features, out):  # pragma: no cover - compiled
+        for i in range(crow.shape[0] - 1):
+            base = i * in_features
+            for k in range(crow[i], crow[i + 1]):
+                out[k] = base + col[k]
+
+    @njit(cache=True)
+    def _csr_from_keys_numba(keys, in_features, crow, col):  # pragma: no cover - compiled
+        for k in range(keys.shape[0]):
+            row = keys[k] // in_features
+            crow[row + 1] += 1
+            col[k] = keys[k] - row * in_features
+        for i in range(crow.shape[0] - 1):
+            crow[i + 1] += crow[i]
+
+    @njit(cache=True)
     def _transpose_numba(crow, col, crow_t, row_t, perm_t):  # pragma: no cover - compiled
         """Counting sort of a CSR matrix's entries by column (stable: rows stay ascending)."""
         for k in range(col.shape[0]):
@@ -90,6 +106,7 @@ def merge_sorted(a: torch.Tensor, b: torch.Tensor):
         if not _merge_numba(a.numpy(), b.numpy(), merged.numpy(), pos_a.numpy(), pos_b.numpy()):
             return None
         return merged, pos_a, pos_b
+    b = b.to(a.dtype)
     if sorted_intersect(a, b):
         return None
     pos_a = torch.arange(a.numel(), device=a.device) + torch.searchsorted(b, a)
@@ -105,6 +122,7 @@ def sorted_intersect(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if _on_cpu(a, b):
         return bool(_intersects_numba(a.numpy(), b.numpy()))
+    b = b.to(a.dtype)
     hit = torch.searchsorted(a, b).clamp(max=a.numel() - 1)
     return bool((a[hit] == b).any())
 
@@ -117,18 +135,44 @@ def isin_sorted(queries: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         out = torch.empty(queries.shape, dtype=torch.bool)
         _member_numba(a.numpy(), queries.numpy(), out.numpy())
         return out
+    queries = queries.to(a.dtype)
     hit = torch.searchsorted(a, queries).clamp(max=a.numel() - 1)
     return a[hit] == queries
+
+
+def csr_keys(crow: torch.Tensor, col: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``row * in_features + col`` of every entry, in ``dtype`` (no int64 temporaries on the CPU)."""
+    if _on_cpu(crow, col):
+        out = torch.empty(col.numel(), dtype=dtype)
+        _keys_numba(crow.numpy(), col.numpy(), in_features, out.numpy())
+        return out
+    counts = (crow[1:] - crow[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), counts)
+    return (rows * in_features + col.long()).to(dtype)
+
+
+def csr_from_keys(keys: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype):
+    """``(crow, col)`` in ``dtype`` from strictly increasing flat keys."""
+    out_f, in_f = shape
+    if _on_cpu(keys):
+        crow = torch.zeros(out_f + 1, dtype=dtype)
+        col = torch.empty(keys.numel(), dtype=dtype)
+        _csr_from_keys_numba(keys.numpy(), in_f, crow.numpy(), col.numpy())
+        return crow, col
+    rows = torch.div(keys, in_f, rounding_mode="floor").long()
+    crow = torch.zeros(out_f + 1, dtype=torch.int64, device=keys.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
+    return crow.to(dtype), (keys - rows * in_f).to(dtype)
 
 
 def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int, dtype: torch.dtype):
     """``(crow_t, row_t, perm_t)``: the CSR of ``W.T`` and, per entry, its position in ``W``'s order."""
     nnz = col.numel()
     if _on_cpu(crow, col):
-        crow_t = torch.zeros(n_cols + 1, dtype=torch.int64)
-        row_t, perm_t = torch.empty(nnz, dtype=torch.int64), torch.empty(nnz, dtype=torch.int64)
+        crow_t = torch.zeros(n_cols + 1, dtype=dtype)
+        row_t, perm_t = torch.empty(nnz, dtype=dtype), torch.empty(nnz, dtype=dtype)
         _transpose_numba(crow.numpy(), col.numpy(), crow_t.numpy(), row_t.numpy(), perm_t.numpy())
-        return crow_t.to(dtype), row_t.to(dtype), perm_t.to(dtype)
+        return crow_t, row_t, perm_t
     counts = (crow[1:] - crow[:-1]).long()
     rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), counts)
     cols = col.long()
@@ -138,4 +182,4 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int, dtype: tor
     return crow_t.to(dtype), rows[perm_t].to(dtype), perm_t.to(dtype)
 
 
-__all__ = ["ascending", "isin_sorted", "merge_sorted", "sorted_intersect", "transpose_csr"]
+__all__ = ["ascending", "csr_from_keys", "csr_keys", "isin_sorted", "merge_sorted", "sorted_intersect", "transpose_csr"]

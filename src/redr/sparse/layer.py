@@ -10,7 +10,7 @@ from torch import nn
 from redr.sparse import kernels
 from redr.sparse.index_ops import ascending, merge_sorted, sorted_intersect
 from redr.sparse.init import fan_in_for_density, paper_bounds, partitioned_topology, uniform_
-from redr.sparse.layout import CSRLayout
+from redr.sparse.layout import CSRLayout, key_dtype
 from redr.sparse.optim_state import remap_optimizer_state
 
 
@@ -123,7 +123,7 @@ class SparseLinear(nn.Module):
     # ----------------------------------------------------------------- topology change
     @torch.no_grad()
     def change_topology(self, remove: torch.Tensor, add: torch.Tensor,
-                        optimizers: Iterable[torch.optim.Optimizer] = ()) -> TopologyChange:
+                        optimizers: Iterable[torch.optim.Optimizer] = (), old_keys: torch.Tensor | None = None) -> TopologyChange:
         """Remove the weights at ``values`` positions ``remove`` and activate ``(row, col)`` positions ``add``.
 
         Kept weights keep their values, new weights start at exactly 0, and for every optimizer every
@@ -131,10 +131,17 @@ class SparseLinear(nn.Module):
         gathered for kept weights, zero for new ones. ``add`` must not contain duplicates nor positions
         that are active now (also not ones removed in this same call: removed and grown sets are disjoint,
         so a weight removed now cannot regrow in the same step). The nnz may change.
+
+        ``old_keys`` (optional) are the current ``layout.keys(key_dtype(shape))``, if the caller has them.
+        Temporaries are kept narrow (int32 keys and indices where they fit): a change briefly holds the
+        old and the new structure, and that transient sets the peak memory of a redistribution.
         """
         device = self.values.device
-        remove = torch.as_tensor(remove, dtype=torch.int64, device=device).reshape(-1)
-        add = torch.as_tensor(add, dtype=torch.int64, device=device).reshape(2, -1)
+        remove = torch.as_tensor(remove, device=device).reshape(-1)
+        add = torch.as_tensor(add, device=device).reshape(2, -1)
+        for name, t in (("remove", remove), ("add", add)):
+            if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+                raise TopologyError(f"{name} must hold integer indices, got {t.dtype}")
         old_nnz = self.nnz
         if remove.numel() and (remove.min() < 0 or remove.max() >= old_nnz):
             raise TopologyError(f"removal index out of range [0, {old_nnz}): min {remove.min().item()}, max {remove.max().item()}")
@@ -145,17 +152,32 @@ class SparseLinear(nn.Module):
         rows, cols = add[0], add[1]
         if rows.numel() and (rows.min() < 0 or rows.max() >= self.out_features or cols.min() < 0 or cols.max() >= self.in_features):
             raise TopologyError(f"added position out of range for a {self.out_features}x{self.in_features} layer")
-        old_keys = self.layout.keys()
-        new_keys = ascending(rows * self.in_features + cols)
+        kd = key_dtype((self.out_features, self.in_features))
+        if old_keys is None:
+            old_keys = self.layout.keys(kd)
+        new_keys = ascending(rows.to(kd) * self.in_features + cols.to(kd))
         if new_keys.numel() > 1 and bool((new_keys[1:] == new_keys[:-1]).any()):
             raise TopologyError("added positions contain duplicates")
         if sorted_intersect(old_keys, new_keys):
             raise TopologyError("an added position is already active (removed and grown sets must be disjoint)")
 
         kept_old = keep.nonzero().squeeze(1)
+        del keep
         merged, kept_new, added_new = merge_sorted(old_keys[kept_old], new_keys)
+        del old_keys, new_keys
         new_nnz = merged.numel()
 
+        shape = (self.out_features, self.in_features)
+        # Build the new structure first (the layer is unchanged if that fails), after dropping the old
+        # transposed companion, which the build does not need and which is rebuilt on failure: this lowers
+        # the peak of a redistribution by a third of the layer's index bytes.
+        self.crow_t = self.row_t = self.perm_t = self.crow.new_empty(0)
+        try:
+            layout = CSRLayout.from_keys(merged, shape)
+        except BaseException:
+            self._set_layout(CSRLayout.from_csr(self.crow, self.col, shape))
+            raise
+        del merged
         change = TopologyChange(old_nnz, new_nnz, kept_old, kept_new, added_new)
         for opt in optimizers:
             remap_optimizer_state(opt, self.values, change)
@@ -163,7 +185,7 @@ class SparseLinear(nn.Module):
         new_values[kept_new] = self.values[kept_old]
         self.values.grad = None
         self.values.data = new_values
-        self._set_layout(CSRLayout.from_keys(merged, (self.out_features, self.in_features)))
+        self._set_layout(layout)
         return change
 
     # ----------------------------------------------------------------- state dict
@@ -178,8 +200,7 @@ class SparseLinear(nn.Module):
             self.crow = self.crow.new_empty(crow.shape, dtype=crow.dtype)
             self.col = self.col.new_empty(col.shape, dtype=col.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        layout = self.layout
-        self._set_layout(CSRLayout.from_sorted_coo(layout.rows(), self.col.long(), layout.shape))
+        self._set_layout(CSRLayout.from_csr(self.crow, self.col, (self.out_features, self.in_features)))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "

@@ -18,15 +18,14 @@ def index_dtype(out_features: int, in_features: int, nnz: int) -> torch.dtype:
     return torch.int32 if max(out_features, in_features, nnz) < _INT32_MAX else torch.int64
 
 
-def _crow_from_sorted(rows: torch.Tensor, n_rows: int, dtype: torch.dtype) -> torch.Tensor:
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
-    return crow.to(dtype)
+def key_dtype(shape: tuple[int, int]) -> torch.dtype:
+    """The narrowest integer type for flat keys ``row * in_features + col`` of a layer of this shape."""
+    return torch.int32 if shape[0] * shape[1] <= _INT32_MAX else torch.int64
 
 
 @dataclass
 class CSRLayout:
-    """The index tensors of one layer; built only through :meth:`from_sorted_coo`."""
+    """The index tensors of one layer; built through :meth:`from_keys` (or :meth:`from_sorted_coo`)."""
 
     shape: tuple[int, int]  # (out_features, in_features)
     crow: torch.Tensor  # (out + 1,)
@@ -36,21 +35,25 @@ class CSRLayout:
     perm_t: torch.Tensor  # (nnz,)       position in ``values`` of each W.T entry
 
     @classmethod
-    def from_sorted_coo(cls, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
-        """``rows``/``cols`` (int64) must already be in row-major order without duplicates."""
-        from redr.sparse.index_ops import transpose_csr
+    def from_keys(cls, keys: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
+        """From strictly increasing flat keys ``row * in_features + col`` (any integer dtype)."""
+        from redr.sparse.index_ops import csr_from_keys
 
-        out_f, in_f = shape
-        dtype = index_dtype(out_f, in_f, rows.numel())
-        crow = _crow_from_sorted(rows, out_f, dtype)
-        col = cols.to(dtype)
-        crow_t, row_t, perm_t = transpose_csr(crow, col, in_f, dtype)
-        return cls(shape=(out_f, in_f), crow=crow, col=col, crow_t=crow_t, row_t=row_t, perm_t=perm_t)
+        return cls.from_csr(*csr_from_keys(keys, shape, index_dtype(shape[0], shape[1], keys.numel())), shape)
 
     @classmethod
-    def from_keys(cls, keys: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
-        """From strictly increasing flat keys ``row * in_features + col``."""
-        return cls.from_sorted_coo(keys // shape[1], keys % shape[1], shape)
+    def from_csr(cls, crow: torch.Tensor, col: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
+        """From a valid CSR structure (sorted, unique columns per row); adds the transposed companion."""
+        from redr.sparse.index_ops import transpose_csr
+
+        dtype = index_dtype(shape[0], shape[1], col.numel())
+        crow, col = crow.to(dtype), col.to(dtype)
+        return cls((shape[0], shape[1]), crow, col, *transpose_csr(crow, col, shape[1], dtype))
+
+    @classmethod
+    def from_sorted_coo(cls, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> "CSRLayout":
+        """``rows``/``cols`` must already be in row-major order without duplicates."""
+        return cls.from_keys(rows.long() * shape[1] + cols.long(), shape)
 
     @property
     def nnz(self) -> int:
@@ -61,9 +64,11 @@ class CSRLayout:
         counts = (self.crow[1:] - self.crow[:-1]).long()
         return torch.repeat_interleave(torch.arange(self.shape[0], device=self.crow.device), counts)
 
-    def keys(self) -> torch.Tensor:
-        """``row * in_features + col`` (int64), strictly increasing in ``values`` order."""
-        return self.rows() * self.shape[1] + self.col.long()
+    def keys(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """``row * in_features + col``, strictly increasing in ``values`` order (``dtype``: see :func:`key_dtype`)."""
+        from redr.sparse.index_ops import csr_keys
+
+        return csr_keys(self.crow, self.col, self.shape[1], dtype)
 
     def row_counts(self) -> torch.Tensor:
         return (self.crow[1:] - self.crow[:-1]).long()
