@@ -302,8 +302,9 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
+            # disable=None: no bar when stderr is not a terminal (log files, grids run in the background)
             bar = tqdm(total=len(batches), initial=self.step_in_epoch, desc=f"epoch {epoch}/{self.config.epochs}",
-                       leave=False, dynamic_ncols=True, file=sys.stderr)
+                       leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
         # continue the epoch's float64 sum exactly where a mid-epoch checkpoint left it
         loss_sum = torch.full((), self._epoch_loss_sum, dtype=torch.float64, device=self.device)
         for step in range(self.step_in_epoch, len(batches)):
