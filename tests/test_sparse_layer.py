@@ -98,6 +98,21 @@ def test_layers_chain_in_feature_major_layout():
     assert rel_err(x.grad, xd.grad) < 1e-5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_gradient_in_either_input_layout(backend):
+    """A batch-major input gets a batch-major (contiguous) gradient from the kernel; a feature-major view stays exact."""
+    layer = random_layer(70, 40, 0.15, backend)
+    gy = torch.randn(9, 40)
+    x = torch.randn(9, 70, requires_grad=True)
+    layer(x).backward(gy)
+    xT = torch.randn(70, 9, requires_grad=True)  # the layout activations have between sparse layers
+    layer(xT.t()).backward(gy)
+    W = layer.to_dense().double()
+    assert x.grad.is_contiguous()
+    assert rel_err(x.grad, gy.double() @ W) < 1e-5
+    assert rel_err(xT.grad, (gy.double() @ W).T) < 1e-5
+
+
 def test_float64_layer_matches():
     layer = SparseLinear(40, 30, 0.2, dtype=torch.float64, backend="torch")
     x = torch.randn(4, 40, dtype=torch.float64)
