@@ -145,3 +145,33 @@ def test_unknown_algorithm_and_option_are_clear_errors():
         redr.Redistributor(model, opt, "random", total_epochs=3, block_size=34)
     with pytest.raises(ValueError, match="no SparseLinear"):
         redr.Redistributor(torch.nn.Linear(3, 3), opt, "random", total_epochs=3)
+
+
+def test_largest_per_row_matches_brute_force_with_ties():
+    from redr.redistribution.loss import largest_per_row
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        rows, cols = 7, 23
+        scores = torch.randint(-1, 4, (rows, cols), generator=g).float()  # many ties; -1 marks active
+        avail = (scores >= 0).sum(1)
+        k = torch.stack([torch.randint(1, int(a) + 1, (1,), generator=g)[0] if a > 0 else torch.tensor(0) for a in avail])
+        keep = k > 0
+        scores, k = scores[keep], k[keep]
+        r_idx, c_idx = largest_per_row(scores.clone(), k)
+        got = sorted(zip(r_idx.tolist(), c_idx.tolist()))
+        want = sorted((r, c) for r in range(scores.shape[0])
+                      for c in sorted(range(scores.shape[1]), key=lambda c: (-scores[r, c].item(), c))[:int(k[r])])
+        assert got == want, trial
+
+
+def test_keys_to_positions_roundtrip_and_narrow():
+    from redr.redistribution.plan import keys_to_positions
+
+    keys = torch.tensor([0, 5, 4096 * 4096 - 1, 123456789], dtype=torch.int64)
+    pos = keys_to_positions(keys, 4096 * 8)
+    assert pos.dtype == torch.int32
+    assert torch.equal(pos[0].long() * 4096 * 8 + pos[1].long(), keys)
+    big = torch.tensor([2**40 + 7])
+    pos = keys_to_positions(big, 2**20)
+    assert pos.dtype == torch.int64 and pos.tolist() == [[2**20], [7]]

@@ -359,7 +359,7 @@ def test_plan_matches_the_formulas_on_a_tiny_model():
     d = torch.diagonal(Finv, dim1=-2, dim2=-1)
     rho = w * w / (2 * d)
     plan = algo.plan(RedistributionContext(model, layers, 0.25, torch.Generator().manual_seed(0)))
-    removed = layout.to_blocks([torch.zeros(l.nnz, dtype=D).index_fill_(0, lp.remove, 1.0) for l, lp in zip(layers, plan.layers)], dtype=D).bool()
+    removed = layout.to_blocks([torch.zeros(l.nnz, dtype=D).index_fill_(0, lp.remove.long(), 1.0) for l, lp in zip(layers, plan.layers)], dtype=D).bool()
     assert removed.sum() == int(0.25 * sum(l.nnz for l in layers))
     # the smallest rho are removed globally, except in layers whose floor stopped the removal
     free = [i for i in range(len(layers)) if i not in plan.info["guarded_layers"]]

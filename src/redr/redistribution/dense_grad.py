@@ -466,15 +466,15 @@ class StreamingTopK:
         return torch.cat([s[::step] for s in self._scores])
 
     def result(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ids, scores)`` of the selected pairs, ascending by id, ids int64 (fewer than ``k`` only if
-        fewer were offered)."""
+        """``(ids, scores)`` of the selected pairs, ascending by id, ids int32 when ``id_limit`` allows, else
+        int64 (fewer than ``k`` only if fewer were offered)."""
         if self.size > self.k:
             self.compact()
         elif self._overlap:
             self._merge_chunks()
         if not self._scores:
-            return torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, device=device)
-        return torch.cat(self._ids).long(), torch.cat(self._scores)
+            return torch.empty(0, dtype=self.id_dtype, device=device), torch.empty(0, device=device)
+        return torch.cat(self._ids), torch.cat(self._scores)
 
 
 def inactive_scores(tile: torch.Tensor, r0: int, keys: torch.Tensor, crow: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -507,7 +507,7 @@ def sampled_threshold(lg: LayerGradient, sel: StreamingTopK, keys: torch.Tensor,
     if k <= 0 or free < MIN_FREE_PER_SAMPLE * sample_size or free + sel.size <= 1.05 * k:
         return None
     gen = torch.Generator().manual_seed(0x5EED + lg.index)
-    draw = torch.randint(0, n_pos, (sample_size,), generator=gen).to(keys.device)
+    draw = torch.randint(0, n_pos, (sample_size,), generator=gen).to(device=keys.device, dtype=keys.dtype)
     if keys.numel():
         hit = torch.searchsorted(keys, draw).clamp(max=keys.numel() - 1)
         draw = draw[keys[hit] != draw]

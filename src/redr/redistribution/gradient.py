@@ -28,6 +28,7 @@ from redr.redistribution.base import RedistributionAlgorithm, RedistributionCont
 from redr.redistribution.dense_grad import DEFAULT_TILE_ROWS, StreamingTopK, stream_layer_gradients, stream_layer_into
 from redr.redistribution.plan import LayerPlan, RedistributionPlan, keys_to_positions
 from redr.redistribution.select import smallest_k
+from redr.sparse.layout import key_dtype
 
 
 def _check_common(tile_rows: int, num_batches: int | None) -> None:
@@ -72,7 +73,7 @@ class RedrGradient(RedistributionAlgorithm):
                 return
             layer = lg.layer
             sel = StreamingTopK(k, id_limit=layer.in_features * layer.out_features)
-            stream_layer_into(sel, lg, layer.layout.keys())
+            stream_layer_into(sel, lg, layer.layout.keys(key_dtype(layer.layout.shape)))
             keys, _ = sel.result(layer.values.device)
             grows[lg.index] = keys_to_positions(keys, layer.in_features)
 
@@ -158,12 +159,13 @@ class RedrGradientGlobal(RedistributionAlgorithm):
         sel = StreamingTopK(total, id_limit=offsets[-1])
 
         def consume(lg):
-            stream_layer_into(sel, lg, lg.layer.layout.keys(), id_offset=offsets[lg.index])
+            layout = lg.layer.layout
+            stream_layer_into(sel, lg, layout.keys(key_dtype(layout.shape)), id_offset=offsets[lg.index])
 
         stats = stream_layer_gradients(ctx, consume, self.num_batches, self.tile_rows)
         device = layers[0].values.device
         ids, _ = sel.result(device)
-        bounds = torch.tensor(offsets, dtype=torch.int64, device=ids.device)
+        bounds = torch.tensor(offsets, dtype=ids.dtype, device=ids.device)
         which = torch.searchsorted(bounds, ids, right=True) - 1
         for i, layer in enumerate(layers):
             keys = ids[which == i] - offsets[i]

@@ -25,6 +25,7 @@ from redr.redistribution.base import RedistributionAlgorithm, RedistributionCont
 from redr.redistribution.dense_grad import DEFAULT_TILE_ROWS, stream_layer_gradients
 from redr.redistribution.gradient import _check_common
 from redr.redistribution.plan import LayerPlan, RedistributionPlan
+from redr.sparse.layout import key_dtype
 
 
 def selected_count(out_features: int, fraction: float) -> int:
@@ -85,12 +86,20 @@ def largest_per_row(scores: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor
     Every ``k[i]`` must be >= 1 and at most the number of entries ``>= 0`` in row ``i``.
     """
     kmax = int(k.max())
-    top = torch.topk(scores, kmax, dim=1, sorted=True).values
-    v = top.gather(1, (k - 1).unsqueeze(1))  # the k-th largest of each row
-    gt = scores > v
+    v = torch.topk(scores, kmax, dim=1, sorted=True).values.gather(1, (k - 1).unsqueeze(1))  # k-th largest per row
+    chosen = scores > v
     eq = scores == v
-    need = k - gt.sum(1)
-    chosen = gt | (eq & (torch.cumsum(eq, 1, dtype=torch.int32) <= need.unsqueeze(1)))
+    need = k - chosen.sum(1)
+    # Rows with more entries equal to their k-th value than places left keep the lowest columns among them;
+    # only those rows pay for the running count (a tile-sized int32 temporary otherwise).
+    tied = (eq.sum(1) > need).nonzero().squeeze(1)
+    if tied.numel():
+        sub = eq[tied]
+        sub &= torch.cumsum(sub, 1, dtype=torch.int32) <= need[tied].unsqueeze(1)
+        eq[tied] = sub
+        del sub
+    chosen |= eq
+    del eq
     return chosen.nonzero(as_tuple=True)
 
 
@@ -140,6 +149,7 @@ class RedrLoss(RedistributionAlgorithm):
             k = k[perm]
             growing_neurons[lg.index] = rows.numel()
             crow, col = layer.crow, layer.col
+            index_dtype = key_dtype(layer.layout.shape)  # rows and columns fit wherever flat keys do
             picked = []
             for s in range(0, rows.numel(), lg.tile_rows):
                 rr, kk = rows[s:s + lg.tile_rows], k[s:s + lg.tile_rows]
@@ -147,7 +157,7 @@ class RedrLoss(RedistributionAlgorithm):
                 local, cols = _row_entries(crow, col, rr)
                 scores[local, cols] = -1  # active before the step: never grows
                 r_idx, c_idx = largest_per_row(scores, kk)
-                picked.append(torch.stack([rr[r_idx], c_idx]))
+                picked.append(torch.stack([rr[r_idx], c_idx]).to(index_dtype))  # narrow: the plan may be half a layer
                 del scores
             grows[lg.index] = torch.cat(picked, 1) if picked else grows[lg.index]
 

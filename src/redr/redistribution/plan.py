@@ -24,8 +24,10 @@ class InvariantError(AssertionError):
 class LayerPlan:
     """What happens to one layer.
 
-    remove: positions into ``values`` to deactivate (int64, 1-D).
-    grow: ``(2, k)`` int64 ``(row, col)`` positions to activate; must be inactive *before* the step.
+    remove: positions into ``values`` to deactivate (1-D; int32 or int64: the algorithms here give int32
+        where it fits, since a plan may be half a layer; call ``.long()`` for ops that want int64).
+    grow: ``(2, k)`` ``(row, col)`` positions to activate (int32 or int64, likewise); must be inactive
+        *before* the step.
     value_update: optional ``delta`` added to ``values`` before removal (second-order algorithms).
     """
 
@@ -46,10 +48,19 @@ class RedistributionPlan:
 
 def keys_to_positions(keys: torch.Tensor, in_features: int) -> torch.Tensor:
     """Flat keys ``row * in_features + col`` to a ``(2, k)`` (row, col) tensor, int32 where it fits (half the
-    bytes of a plan that may hold half a layer's weights)."""
-    rows = torch.div(keys, in_features, rounding_mode="floor")
-    out = torch.stack([rows, keys - rows * in_features])
-    return out.to(torch.int32) if keys.numel() == 0 or int(keys.max()) < 2**31 - 1 else out
+    bytes of a plan that may hold half a layer's weights). Written in place into the result: a plan can
+    be half a layer, and int64 temporaries of that size would set the peak memory of a redistribution."""
+    if keys.numel() and int(keys.max()) >= 2**31 - 1:
+        dtype = torch.int64
+    else:
+        dtype = torch.int32
+        keys = keys.to(dtype)
+    out = torch.empty(2, keys.numel(), dtype=dtype, device=keys.device)
+    rows, cols = out[0], out[1]
+    torch.div(keys, in_features, rounding_mode="floor", out=rows)
+    torch.mul(rows, in_features, out=cols)
+    torch.sub(keys, cols, out=cols)
+    return out
 
 
 def unchanged(layer: SparseLinear) -> TopologyChange:

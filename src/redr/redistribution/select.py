@@ -11,16 +11,18 @@ from redr.sparse.index_ops import isin_sorted, merge_sorted
 
 
 def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` smallest entries of a 1-D tensor (ties: lower index first), ascending index order."""
+    """Indices of the ``k`` smallest entries of a 1-D tensor (ties: lower index first), ascending index order;
+    int32 when they fit (a removal may be half a layer, and the plan holds it until it is applied)."""
     n = scores.numel()
     k = max(0, min(int(k), n))
+    dtype = torch.int32 if n < 2**31 - 1 else torch.int64
     if k == 0:
-        return torch.empty(0, dtype=torch.int64, device=scores.device)
+        return torch.empty(0, dtype=dtype, device=scores.device)
     if k == n:
-        return torch.arange(n, device=scores.device)
+        return torch.arange(n, dtype=dtype, device=scores.device)
     threshold = torch.kthvalue(scores, k).values
-    below = (scores < threshold).nonzero().squeeze(1)
-    equal = (scores == threshold).nonzero().squeeze(1)[: k - below.numel()]
+    below = (scores < threshold).nonzero().squeeze(1).to(dtype)
+    equal = (scores == threshold).nonzero().squeeze(1)[: k - below.numel()].to(dtype)
     return merge_sorted(below, equal)[0]  # both ascending and disjoint
 
 

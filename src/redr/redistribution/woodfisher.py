@@ -197,7 +197,7 @@ class RedrWoodfisher(RedistributionAlgorithm):
         floors = self.floors(layers)
         allowance = [max(0, layer.nnz - f) for layer, f in zip(layers, floors)]
         removes, guarded = global_smallest(layout.from_blocks(rho), removal_count(total, ctx.alpha), allowance)
-        removed = layout.to_blocks([torch.zeros(layer.nnz, dtype=torch.bool, device=device).index_fill_(0, r, True)
+        removed = layout.to_blocks([torch.zeros(layer.nnz, dtype=torch.bool, device=device).index_fill_(0, r.long(), True)
                                     for layer, r in zip(layers, removes)],
                                    out=torch.zeros(layout.n_blocks, layout.block_size, dtype=torch.bool, device=device))
         sum_rho_removed = float(rho[removed].sum())

@@ -99,9 +99,10 @@ def ascending(x: torch.Tensor) -> torch.Tensor:
 
 
 def merge_sorted(a: torch.Tensor, b: torch.Tensor):
-    """``(merged, pos_a, pos_b)`` for strictly increasing int64 ``a`` and ``b``, or None if they share an element."""
+    """``(merged, pos_a, pos_b)`` for strictly increasing integer ``a`` and ``b``, or None if they share an element.
+    ``merged`` has the wider of the two dtypes, ``pos_a``/``pos_b`` those of ``a``/``b`` (int32 keys give int32 positions)."""
     if _on_cpu(a, b):
-        merged = torch.empty(a.numel() + b.numel(), dtype=torch.int64)
+        merged = torch.empty(a.numel() + b.numel(), dtype=torch.promote_types(a.dtype, b.dtype))
         pos_a, pos_b = torch.empty_like(a), torch.empty_like(b)
         if not _merge_numba(a.numpy(), b.numpy(), merged.numpy(), pos_a.numpy(), pos_b.numpy()):
             return None

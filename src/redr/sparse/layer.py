@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from redr.sparse import kernels
-from redr.sparse.index_ops import ascending, merge_sorted, sorted_intersect
+from redr.sparse.index_ops import ascending, csr_from_keys, merge_sorted, sorted_intersect
 from redr.sparse.init import fan_in_for_density, paper_bounds, partitioned_topology, uniform_
-from redr.sparse.layout import CSRLayout, key_dtype
+from redr.sparse.layout import CSRLayout, index_dtype, key_dtype
 from redr.sparse.optim_state import remap_optimizer_state
 
 
@@ -161,19 +161,21 @@ class SparseLinear(nn.Module):
         if sorted_intersect(old_keys, new_keys):
             raise TopologyError("an added position is already active (removed and grown sets must be disjoint)")
 
-        kept_old = keep.nonzero().squeeze(1)
+        kept_old = torch.arange(old_nnz, dtype=kd, device=device)[keep]  # narrow like the keys (nnz <= positions)
         del keep
         merged, kept_new, added_new = merge_sorted(old_keys[kept_old], new_keys)
         del old_keys, new_keys
         new_nnz = merged.numel()
 
         shape = (self.out_features, self.in_features)
-        # Build the new structure first (the layer is unchanged if that fails), after dropping the old
-        # transposed companion, which the build does not need and which is rebuilt on failure: this lowers
-        # the peak of a redistribution by a third of the layer's index bytes.
+        # Order matters for the peak memory of a redistribution, which is this transient: the old transposed
+        # companion is dropped first (the build does not need it; it is rebuilt if the build fails, so the
+        # layer is unchanged then), the new CSR is built, values and optimizer state move, and only once the
+        # old structure is gone is the new transposed companion built (a counting sort needing less memory
+        # than the steps before it).
         self.crow_t = self.row_t = self.perm_t = self.crow.new_empty(0)
         try:
-            layout = CSRLayout.from_keys(merged, shape)
+            crow, col = csr_from_keys(merged, shape, index_dtype(shape[0], shape[1], new_nnz))
         except BaseException:
             self._set_layout(CSRLayout.from_csr(self.crow, self.col, shape))
             raise
@@ -185,7 +187,9 @@ class SparseLinear(nn.Module):
         new_values[kept_new] = self.values[kept_old]
         self.values.grad = None
         self.values.data = new_values
-        self._set_layout(layout)
+        self.crow, self.col = crow, col  # the old CSR is freed here
+        del crow, col
+        self._set_layout(CSRLayout.from_csr(self.crow, self.col, shape))
         return change
 
     # ----------------------------------------------------------------- state dict

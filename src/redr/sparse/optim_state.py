@@ -13,8 +13,10 @@ def remap_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
     state = optimizer.state.get(param)
     if not state:
         return
-    for key, old in list(state.items()):
+    for key in list(state):
+        old = state[key]
         if torch.is_tensor(old) and old.dim() >= 1 and old.shape[0] == change.old_nnz and old.shape == param.shape:
             new = old.new_zeros((change.new_nnz,) + tuple(old.shape[1:]))
             new[change.kept_new] = old[change.kept_old]
             state[key] = new
+        del old  # one moment's old copy alive at a time, not all of them
