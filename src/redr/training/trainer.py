@@ -37,6 +37,9 @@ from redr.sparse.convert import build_mlp, count_parameters, count_weights, para
 from redr.training import checkpoint
 from redr.training.config import RunConfig
 
+#: Rows per evaluation chunk (at least; a larger training batch is used as is). See Trainer.evaluate.
+EVAL_CHUNK_ROWS = 1024
+
 GENERATORS = ("init", "data", "augment", "redistribution-data")
 CONFIG_FILE, METRICS_FILE = "config.json", "metrics.csv"
 OUR_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.CHECKPOINT, checkpoint.PREVIOUS, checkpoint.TEMPORARY,
@@ -197,8 +200,13 @@ class Trainer:
                              rank=self.rank, world_size=self.world_size, device=self.device)
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
-        """Mean loss and accuracy over ``x``/``y``, in chunks (no augmentation, eval mode)."""
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: Optional[int] = None) -> tuple[float, float]:
+        """Mean loss and accuracy over ``x``/``y``, in chunks (no augmentation, eval mode).
+
+        Chunks default to ``max(batch_size, EVAL_CHUNK_ROWS)`` rows: evaluation then needs about the activation
+        memory of a training step, not more (a 4096-wide net's activations for 8,192 rows are 128 MiB each,
+        which would make evaluation, not training, set the run's peak memory)."""
+        chunk = chunk or max(self.config.batch_size, EVAL_CHUNK_ROWS)
         was = self.model.training
         self.model.eval()
         loss_sum, correct = 0.0, 0
