@@ -105,7 +105,7 @@ def _decide(failures: list, missing: list, holds: list, what: str) -> tuple[str,
     if missing:
         parts.append("missing runs: " + ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
     status = NOT_SUPPORTED if failures else NOT_TESTED if missing or not holds else SUPPORTED
-    return status, (" | ".join(parts) or f"no {what} runs")
+    return status, (". ".join(parts) or f"no {what} runs")  # not " | ": the evidence is a markdown table cell
 
 
 def redistributed(e: Entry) -> bool:
@@ -169,7 +169,7 @@ def check_global_gap_grows(t: _Table) -> ClaimResult:
     shown = ", ".join(f"d={d:g}: {100 * g:+.2f} points" if g is not None else f"d={d:g}: n/a" for d, g in gaps.items())
     if gaps[high] is None or gaps[low] is None:
         return ClaimResult(t.dataset, "global-gap-grows", NOT_TESTED,
-                           f"global - local gap {shown} | missing runs: {', '.join(missing)}", missing)
+                           f"global - local gap {shown}. missing runs: {', '.join(missing)}", missing)
     ok = gaps[low] > gaps[high]
     return ClaimResult(t.dataset, "global-gap-grows", SUPPORTED if ok else NOT_SUPPORTED,
                        f"global - local gap (mean accuracy of Gradient-Global and Woodfisher minus mean of Random, "

@@ -69,8 +69,12 @@ def _num(value, digits: int = 2, suffix: str = "") -> str:
 def _md_table(header: list, rows: list) -> str:
     if not rows:
         return "_no runs_\n"
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+    def cell(c) -> str:
+        return str(c).replace("|", "\\|")  # a "|" inside a cell would split it
+
+    lines = ["| " + " | ".join(cell(c) for c in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -389,8 +393,11 @@ class Report:
                  + (f"; changes below {floor:g} are drawn at {floor:g}" if floored else ""))
 
     # ----------------------------------------------------------------- frequency, depth, woodtaylor
-    def sweep_section(self, title: str, kind: str, select, key, key_label, order, fmt_key, command: str) -> None:
-        """A table of final accuracy per algorithm x setting and its figure (curves + summary panel)."""
+    def sweep_section(self, title: str, kind: str, select, key, key_label, order, fmt_key, command: str,
+                      count_redistributions: bool = False) -> None:
+        """A table of final accuracy per algorithm x setting and its figure (curves + summary panel); with
+        ``count_redistributions``, a line saying how many redistributions the runs of each setting made (a
+        short budget can leave a sparse setting with none: its runs are static sparse training)."""
         self.h(title)
         csv_rows = []
         for ds in self.datasets:
@@ -415,6 +422,13 @@ class Report:
                 rows.append(row)
             self.p(f"**{_dataset_title(ds)}**: final test accuracy (%), mean ± std (seeds)\n")
             self.p(_md_table(["algorithm"] + [f"{key_label}={fmt_key(s)}" for s in settings], rows))
+            if count_redistributions:
+                counts = []
+                for s in settings:
+                    n = sorted({r.redistributions for (_, k), rs in groups.items() if k == s for r in rs})
+                    counts.append(f"{key_label}={fmt_key(s)}: {'/'.join(map(str, n))}")
+                self.p("Redistribution steps per run: " + ", ".join(counts) + ". The schedule stops at 3/4 of the "
+                       "epochs, so a setting with 0 made none: its runs are static sparse training.\n")
             self.plot_sweep(path, ds, groups, settings, algos, key_label, fmt_key, kind)
         _write_csv(self.out / f"tables/{kind}.csv", ["dataset", "algorithm", key_label, "seeds", "final_mean",
                                                      "final_std"], csv_rows)
@@ -456,7 +470,8 @@ class Report:
             "Redistribution frequency (Fig. 5)", "frequency",
             lambda r: r.model == "sparse" and r.is_preset_shape and not r.algorithm_options and abs(r.density - 0.1) < 1e-9
             and r.algorithm in DYNAMIC_ALGORITHMS,
-            lambda r: r.every, "t", lambda t: t, lambda t: str(t), "redr reproduce frequency --dataset {ds}")
+            lambda r: r.every, "t", lambda t: t, lambda t: str(t), "redr reproduce frequency --dataset {ds}",
+            count_redistributions=True)
 
     def depth_section(self) -> None:
         self.sweep_section(

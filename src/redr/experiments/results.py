@@ -96,6 +96,11 @@ class Run:
         return out
 
     @property
+    def redistributions(self) -> int:
+        """How many redistribution steps moved weights (epochs with alpha > 0)."""
+        return sum(1 for a in self.column("alpha") if not _nan(a) and a > 0)
+
+    @property
     def mean_induced_loss(self) -> float:
         values = [v for _, v in self.induced_losses()]
         return sum(values) / len(values) if values else math.nan
