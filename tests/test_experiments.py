@@ -285,6 +285,16 @@ def test_claim_checker_marks_failed_claims_with_the_numbers():
         "woodfisher-lowest-induced-loss": NOT_SUPPORTED}
     assert "gradient d=0.1 70.00 +- 0.00 vs none d=0.1 80.00" in results["dynamic-beats-static"].evidence
     assert "5.00 points (> 2)" in results["gradient-global-near-dense"].evidence
+    for c in results.values():  # evidence goes into a markdown table cell
+        assert "|" not in c.evidence
+
+
+def test_markdown_table_cells_escape_pipes():
+    from redr.experiments.report import _md_table
+
+    table = _md_table(["claim", "evidence"], [["a", "x | y"]])
+    row = table.splitlines()[2]
+    assert row == "| a | x \\| y |"
 
 
 def test_missing_runs_are_not_tested_never_supported():
@@ -314,3 +324,11 @@ def test_claims_from_the_runs_on_disk(tmp_path):
     assert set(statuses(entries).values()) == {SUPPORTED}
     (tmp_path / run_name({"dataset": "synthetic", "model": "dense-neuron", "seed": 0}) / "DONE").unlink()  # unfinished
     assert statuses(grid_entries(load_runs(tmp_path)))["gradient-global-near-dense"] == NOT_TESTED
+
+
+def test_run_counts_its_redistribution_steps(tmp_path):
+    from redr.experiments.results import Run
+
+    rows = [{"epoch": e, "alpha": a, "test_acc": 0.5} for e, a in enumerate([0.5, 0.2, 0.0, math.nan], 1)]
+    run = Run("r", tmp_path, "train", "done", {"dataset": "synthetic", "redistribute_every": 8}, {}, rows)
+    assert run.redistributions == 2 and run.every == 8
