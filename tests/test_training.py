@@ -105,3 +105,20 @@ def test_python_module_entry_point(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (out / "metrics.csv").exists()
+
+
+def test_cpu_peak_memory_is_reset_per_epoch():
+    """The per-epoch peak forgets what was freed before the reset (VmHWM through /proc/self/clear_refs)."""
+    import os
+
+    from redr.training.trainer import peak_memory_bytes, reset_peak_memory
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs")
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched (mmapped by glibc, returned to the OS when freed)
+    with_big = peak_memory_bytes(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_bytes(cpu) < with_big - 32 * 2**20

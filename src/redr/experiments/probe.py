@@ -5,10 +5,12 @@ training run (written to ``metrics.csv`` by the trainer):
 
 * CUDA: the caching allocator's peak of allocated bytes (``torch.cuda.max_memory_allocated``), reset at
   the start of every epoch, so an epoch's peak includes its redistribution step;
-* CPU: the process's peak resident set size (``VmHWM``), which also counts the interpreter, the
-  libraries and the data. That is why every configuration runs in its own process, and why a baseline
-  process (data loaded, kernels compiled and run once, no model) is measured the same way and
-  subtracted in the report.
+* CPU: the process's peak resident set size (``VmHWM``), reset to the current resident set at the start
+  of every epoch (``/proc/self/clear_refs``), so the transient of loading the data is not counted but what
+  stays resident (interpreter, libraries, data) is. That is why every configuration runs in its own
+  process, and why a baseline process (kernels run once, data loaded, peak reset, no model) is measured
+  the same way and subtracted in the report. glibc's mmap threshold is fixed by the runner (see
+  ``run_in_fresh_process``) so that freed large blocks leave the resident set.
 
 Both kinds of process first run a tiny sparse layer and a tiny dense layer forward and backward with
 Adam, so that every process carries the same loaded kernels (numba, BLAS) before the measured part.
@@ -37,14 +39,14 @@ def warm_up(device: torch.device) -> None:
 
 def baseline(config, out: Path) -> None:
     """The data on the device plus the warmed-up libraries: what every run of this shape carries anyway."""
-    from redr.training.trainer import (CONFIG_FILE, METRICS_FILE, load_data, peak_memory_bytes, write_json_atomic,
-                                       write_metrics)
+    from redr.training.trainer import (CONFIG_FILE, METRICS_FILE, load_data, peak_memory_bytes, reset_peak_memory,
+                                       write_json_atomic, write_metrics)
 
     device = torch.device(config.device)
     data = load_data(config, device, progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)  # what stays resident, not the transient of loading (a training run's epochs reset too)
     peak = peak_memory_bytes(device)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, {"config": config.to_dict(), "data": data.info,

@@ -55,9 +55,25 @@ def derive_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_bytes` (the trainer does at every epoch start). CUDA: the
+    allocator's peak statistics. CPU (Linux >= 4.0): the process's VmHWM, reset to the current resident set
+    through ``/proc/self/clear_refs``; where that is not allowed the CPU peak stays the one since the
+    process started (loading the data included)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not Linux, an old kernel, or a restricted container
+        pass
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: the caching allocator's peak since the last reset. CPU: the process's peak resident set
-    size so far (VmHWM: interpreter and libraries included; compare configurations in fresh processes)."""
+    size since the last :func:`reset_peak_memory` (VmHWM: interpreter, libraries and data included; compare
+    configurations in fresh processes, against a baseline process)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     try:
@@ -370,8 +386,7 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> Optional[dict]:
         """Train, evaluate, redistribute; returns the metrics row (None if stopped by a signal mid-epoch)."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         start = time.perf_counter()
         train_loss = self.train_epoch(epoch)
         if self.step_in_epoch < self._epoch_steps:
