@@ -560,3 +560,14 @@ def test_num_batches_caps_the_batches_used():
     ctx = RedistributionContext(model, sparse_layers(model), 0.5, torch.Generator(), CE, batches)
     assert RedrGradient(num_batches=1).plan(ctx).info["gradient"]["samples"] == 4
     assert RedrGradient().plan(ctx).info["gradient"]["samples"] == 12
+
+
+@pytest.mark.parametrize("name", ["random", "gradient", "gradient-global", "loss"])
+def test_plans_are_narrow(name):
+    """Plans hold int32 positions where they fit (a plan may be half a layer: its bytes set the peak memory)."""
+    model = mlp([30, 40, 6], 0.3, dtype=torch.float32)
+    x, y = data(16, 30, 6, dtype=torch.float32)
+    plan = make_algorithm(name).plan(ctx_for(model, 0.5, x, y))
+    assert any(lp.remove.numel() for lp in plan.layers)
+    for lp in plan.layers:
+        assert lp.remove.dtype == torch.int32 and lp.grow.dtype == torch.int32
