@@ -224,11 +224,7 @@ def test_dead_rows_are_skipped_and_results_stay_exact(monkeypatch, sampled):
     assert plan.info["gradient"]["skipped_tiles"] == (3 if sampled else 0)  # only a threshold > 0 rules zeros out
     glob = RedrGradientGlobal(tile_rows=4, min_layer_fraction=0.0, min_weights_per_layer=0).plan(ctx_for(model, 0.3, x, y))
     expected, _ = global_expected(model, want, 0.3)
-    got, offset = [], 0
-    for layer, lp in zip(sparse_layers(model), glob.layers):
-        got += [offset + k for k in keys_of(lp.grow, layer.in_features)]
-        offset += layer.in_features * layer.out_features
-    assert sorted(got) == expected
+    assert global_grown_keys(model, glob) == expected
     assert glob.info["gradient"]["skipped_tiles"] == 3  # by layer 0 the global bound is above 0
 
 
@@ -286,6 +282,15 @@ def global_expected(model, grads, alpha, floors=None):
     return ranked(scores, sum(removes)), removes
 
 
+def global_grown_keys(model, plan):
+    """Sorted grown positions of a plan, as ids into the concatenation of all layers' flattened weights."""
+    got, offset = [], 0
+    for layer, lp in zip(sparse_layers(model), plan.layers):
+        got += [offset + k for k in keys_of(lp.grow, layer.in_features)]
+        offset += layer.in_features * layer.out_features
+    return sorted(got)
+
+
 @pytest.mark.parametrize("tile_rows", [1, 3, 7, 1000])
 def test_global_selection_equals_top_k_of_concatenated_gradients(tile_rows):
     model = mlp([16, 14, 12, 6], 0.35, seed=5)
@@ -294,12 +299,8 @@ def test_global_selection_equals_top_k_of_concatenated_gradients(tile_rows):
     algo = RedrGradientGlobal(tile_rows=tile_rows, min_layer_fraction=0.0, min_weights_per_layer=0)
     plan = algo.plan(ctx_for(model, 0.5, x, y))
     expected, removes = global_expected(model, want, 0.5)
-    got, offset = [], 0
-    for layer, lp, r in zip(sparse_layers(model), plan.layers, removes):
-        assert lp.remove.numel() == r
-        got += [offset + k for k in keys_of(lp.grow, layer.in_features)]
-        offset += layer.in_features * layer.out_features
-    assert sorted(got) == expected
+    assert [lp.remove.numel() for lp in plan.layers] == removes
+    assert global_grown_keys(model, plan) == expected
 
 
 def test_global_with_all_zero_gradients_breaks_ties_by_layer_then_position():
@@ -314,11 +315,7 @@ def test_global_with_all_zero_gradients_breaks_ties_by_layer_then_position():
         plan = RedrGradientGlobal(tile_rows=tile_rows, min_layer_fraction=0.0, min_weights_per_layer=0).plan(
             ctx_for(model, 0.5, x, y))
         expected, _ = global_expected(model, want, 0.5)
-        got, offset = [], 0
-        for layer, lp in zip(sparse_layers(model), plan.layers):
-            got += [offset + k for k in keys_of(lp.grow, layer.in_features)]
-            offset += layer.in_features * layer.out_features
-        assert sorted(got) == expected
+        assert global_grown_keys(model, plan) == expected
 
 
 def test_global_sampled_threshold_is_exact(monkeypatch):
@@ -330,11 +327,7 @@ def test_global_sampled_threshold_is_exact(monkeypatch):
     monkeypatch.setattr(dense_grad, "MIN_FREE_PER_SAMPLE", 1)
     plan = RedrGradientGlobal(tile_rows=9, min_layer_fraction=0.0, min_weights_per_layer=0).plan(ctx_for(model, 0.4, x, y))
     assert plan.info["gradient"]["sampled_entries"] > 0
-    got, offset = [], 0
-    for layer, lp in zip(sparse_layers(model), plan.layers):
-        got += [offset + k for k in keys_of(lp.grow, layer.in_features)]
-        offset += layer.in_features * layer.out_features
-    assert sorted(got) == expected
+    assert global_grown_keys(model, plan) == expected
 
 
 def test_global_collapse_guard_keeps_a_starved_layer_at_its_floor():
