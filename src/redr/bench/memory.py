@@ -45,6 +45,7 @@ from torch import nn
 from redr.bench.common import (PACKAGE_ROOT, JsonLines, algorithm_availability, environment, format_table, make_record,
                                make_trainer, mib, net_specs, print_flush, ratio, synthetic_dataset, sync)
 from redr.redistribution.registry import ALGORITHMS
+from redr.training.trainer import peak_memory_bytes, reset_peak_memory
 
 DENSITIES = [0.1, 0.06, 0.03]
 QUICK_DENSITIES = [0.1]
@@ -65,27 +66,9 @@ def _proc_status() -> dict:
     return out
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:  # pragma: no cover - old kernels / restricted containers
-        return False
-
-
-def _reset_peak(device: torch.device) -> bool:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    return _reset_peak_rss()
-
-
 def _peak_since_reset(device: torch.device) -> int:
     sync(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return _proc_status()["VmHWM"]
+    return peak_memory_bytes(device)
 
 
 def tensor_state_bytes(*roots) -> int:
@@ -152,11 +135,11 @@ def worker(config: dict) -> dict:
     result = {"peak_method": None}
     if device.type == "cuda":
         base = torch.cuda.memory_allocated(device)
-        _reset_peak(device)
+        reset_peak_memory(device)
         result.update(peak_method="torch.cuda.max_memory_allocated - memory_allocated at baseline", baseline_bytes=base)
     else:
         base = _proc_status().get("VmRSS")
-        reset = _reset_peak(device)
+        reset = reset_peak_memory(device)
         result.update(baseline_bytes=base,
                       peak_method="VmHWM - VmRSS at baseline" + ("" if reset else " (VmHWM reset unavailable: peak since start)"))
     start = time.perf_counter()
@@ -167,7 +150,7 @@ def worker(config: dict) -> dict:
     result["state_bytes"] = tensor_state_bytes(trainer.model, trainer.optimizer.state, algorithm)
     result["train_peak_bytes"] = _peak_since_reset(device) - base
     if trainer.redistributor is not None:
-        _reset_peak(device)
+        reset_peak_memory(device)
         batches = trainer.redistribution_batches() if algorithm.needs_batches else None
         report = trainer.redistributor.step(1, batches)
         result["alpha"] = report.alpha if report is not None else 0.0

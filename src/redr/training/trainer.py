@@ -55,19 +55,20 @@ def derive_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device) -> bool:
     """Start a new peak for :func:`peak_memory_bytes` (the trainer does at every epoch start). CUDA: the
     allocator's peak statistics. CPU (Linux >= 4.0): the process's VmHWM, reset to the current resident set
     through ``/proc/self/clear_refs``; where that is not allowed the CPU peak stays the one since the
-    process started (loading the data included)."""
+    process started (loading the data included) and this returns False."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return True
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
+        return True
     except OSError:  # not Linux, an old kernel, or a restricted container
-        pass
+        return False
 
 
 def peak_memory_bytes(device: torch.device) -> int:
