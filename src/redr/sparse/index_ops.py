@@ -141,15 +141,19 @@ def isin_sorted(queries: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return a[hit] == queries
 
 
+def csr_rows(crow: torch.Tensor) -> torch.Tensor:
+    """The row of every entry of a CSR matrix (int64, entry order), on ``crow``'s device."""
+    counts = (crow[1:] - crow[:-1]).long()
+    return torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), counts)
+
+
 def csr_keys(crow: torch.Tensor, col: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """``row * in_features + col`` of every entry, in ``dtype`` (no int64 temporaries on the CPU)."""
     if _on_cpu(crow, col):
         out = torch.empty(col.numel(), dtype=dtype)
         _keys_numba(crow.numpy(), col.numpy(), in_features, out.numpy())
         return out
-    counts = (crow[1:] - crow[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), counts)
-    return (rows * in_features + col.long()).to(dtype)
+    return (csr_rows(crow) * in_features + col.long()).to(dtype)
 
 
 def csr_from_keys(keys: torch.Tensor, shape: tuple[int, int], dtype: torch.dtype):
@@ -174,8 +178,7 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int, dtype: tor
         row_t, perm_t = torch.empty(nnz, dtype=dtype), torch.empty(nnz, dtype=dtype)
         _transpose_numba(crow.numpy(), col.numpy(), crow_t.numpy(), row_t.numpy(), perm_t.numpy())
         return crow_t, row_t, perm_t
-    counts = (crow[1:] - crow[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), counts)
+    rows = csr_rows(crow)
     cols = col.long()
     perm_t = torch.sort(cols, stable=True).indices  # rows stay ascending within a column
     crow_t = torch.zeros(n_cols + 1, dtype=torch.int64, device=col.device)
@@ -183,4 +186,4 @@ def transpose_csr(crow: torch.Tensor, col: torch.Tensor, n_cols: int, dtype: tor
     return crow_t.to(dtype), rows[perm_t].to(dtype), perm_t.to(dtype)
 
 
-__all__ = ["ascending", "csr_from_keys", "csr_keys", "isin_sorted", "merge_sorted", "sorted_intersect", "transpose_csr"]
+__all__ = ["ascending", "csr_from_keys", "csr_keys", "csr_rows", "isin_sorted", "merge_sorted", "sorted_intersect", "transpose_csr"]

@@ -61,8 +61,9 @@ class CSRLayout:
 
     def rows(self) -> torch.Tensor:
         """Row (output neuron) of every active weight, int64, in ``values`` order."""
-        counts = (self.crow[1:] - self.crow[:-1]).long()
-        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.crow.device), counts)
+        from redr.sparse.index_ops import csr_rows
+
+        return csr_rows(self.crow)
 
     def keys(self, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """``row * in_features + col``, strictly increasing in ``values`` order (``dtype``: see :func:`key_dtype`)."""
