@@ -45,7 +45,7 @@ from torch import nn
 from redr.bench.common import (PACKAGE_ROOT, JsonLines, algorithm_availability, environment, format_table, make_record,
                                make_trainer, mib, net_specs, print_flush, ratio, synthetic_dataset, sync)
 from redr.redistribution.registry import ALGORITHMS
-from redr.training.trainer import peak_memory_bytes, reset_peak_memory
+from redr.training.trainer import memory_measuring_env, peak_memory_bytes, reset_peak_memory
 
 DENSITIES = [0.1, 0.06, 0.03]
 QUICK_DENSITIES = [0.1]
@@ -182,8 +182,7 @@ def worker_main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------------- the suite
 
 def _run_worker(config: dict, timeout: float) -> dict:
-    env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))  # see the module docstring
+    env = memory_measuring_env()  # glibc's mmap threshold fixed: see the module docstring
     src = str(PACKAGE_ROOT.parent)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "redr.bench.memory", "--worker", json.dumps(config)]

@@ -9,8 +9,8 @@ training run (written to ``metrics.csv`` by the trainer):
   of every epoch (``/proc/self/clear_refs``), so the transient of loading the data is not counted but what
   stays resident (interpreter, libraries, data) is. That is why every configuration runs in its own
   process, and why a baseline process (kernels run once, data loaded, peak reset, no model) is measured
-  the same way and subtracted in the report. glibc's mmap threshold is fixed by the runner (see
-  ``run_in_fresh_process``) so that freed large blocks leave the resident set.
+  the same way and subtracted in the report. glibc's mmap threshold is fixed by the runner
+  (:func:`redr.training.trainer.memory_measuring_env`) so that freed large blocks leave the resident set.
 
 Both kinds of process first run a tiny sparse layer and a tiny dense layer forward and backward with
 Adam, so that every process carries the same loaded kernels (numba, BLAS) before the measured part.

@@ -30,7 +30,8 @@ from redr.errors import DataError, UsageError
 from redr.experiments.grid import Cell
 from redr.training import checkpoint
 from redr.training.config import RunConfig
-from redr.training.trainer import CONFIG_FILE, METRICS_FILE, default_device, read_metrics, train, write_json_atomic
+from redr.training.trainer import (CONFIG_FILE, METRICS_FILE, default_device, memory_measuring_env, read_metrics, train,
+                                   write_json_atomic)
 
 CELL_FILE, FAILED_FILE, DONE_FILE = "cell.json", "FAILED", "DONE"
 #: Settings that never change results: a run that differs only here is reused when finished.
@@ -298,12 +299,8 @@ def run_in_fresh_process(cell: Cell, config: RunConfig, run_dir: Path, log, thre
     """A memory run (or the baseline) in its own Python process, so that its peak is its own."""
     request = {"config": config.to_dict(), "out": str(run_dir), "baseline": cell.kind == "memory-baseline",
                "threads": threads}
-    # glibc's mmap threshold fixed, as in `redr bench memory`: otherwise freed large blocks stay resident in
-    # the heap and the peak RSS measures the allocator's caching rather than what the run needs
-    env = {**os.environ}
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
     proc = subprocess.run([sys.executable, "-m", "redr.experiments.probe", json.dumps(request)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=memory_measuring_env())
     for line in proc.stdout.splitlines():
         if line.strip() and not line.startswith("\r"):
             log(line)
