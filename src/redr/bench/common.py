@@ -153,7 +153,7 @@ def algorithm_availability(names: Iterable[str]) -> list[tuple[str, Optional[str
         try:
             algorithm_class(name)
         except Exception as exc:  # a module being written may fail in any way: report it and go on
-            out.append((name, f"{ALGORITHMS[name]} does not import: {type(exc).__name__}: {exc}"))
+            out.append((name, f"{ALGORITHMS[name].target} does not import: {type(exc).__name__}: {exc}"))
         else:
             out.append((name, None))
     return out

@@ -1,28 +1,61 @@
-"""Algorithm names (as used by ``redr train --algorithm``) and their construction from options."""
+"""The one list of algorithms: name (as ``redr train --algorithm`` takes it), display name, scope, class.
+
+Experiments, reports and the CLI read this list instead of keeping their own. ``scope`` says where an
+algorithm's budget is decided: ``local`` (every layer moves its own ``floor(alpha * nnz)``), ``global``
+(weights move between layers), ``static`` (nothing moves).
+"""
 from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass
 
 from redr.errors import UsageError
-from redr.redistribution.base import RedistributionAlgorithm
-
-#: name -> "module:Class". Modules are imported only when an algorithm is used.
-ALGORITHMS = {
-    "none": "redr.redistribution.base:StaticSparse",
-    "random": "redr.redistribution.random:RedrRandom",
-    "gradient": "redr.redistribution.gradient:RedrGradient",
-    "gradient-global": "redr.redistribution.gradient:RedrGradientGlobal",
-    "loss": "redr.redistribution.loss:RedrLoss",
-    "woodfisher": "redr.redistribution.woodfisher:RedrWoodfisher",
-    "woodtaylor": "redr.redistribution.woodfisher:RedrWoodtaylor",
-}
 
 
-def algorithm_class(name: str) -> type[RedistributionAlgorithm]:
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    display_name: str
+    scope: str  # "local", "global" or "static"
+    target: str  # "module:Class", imported only when the algorithm is used
+
+
+_SPECS = (
+    AlgorithmSpec("none", "static sparse", "static", "redr.redistribution.base:StaticSparse"),
+    AlgorithmSpec("random", "Redr-Random", "local", "redr.redistribution.random:RedrRandom"),
+    AlgorithmSpec("gradient", "Redr-Gradient", "local", "redr.redistribution.gradient:RedrGradient"),
+    AlgorithmSpec("gradient-global", "Redr-Gradient-Global", "global", "redr.redistribution.gradient:RedrGradientGlobal"),
+    AlgorithmSpec("loss", "Redr-Loss", "local", "redr.redistribution.loss:RedrLoss"),
+    AlgorithmSpec("woodfisher", "Redr-Woodfisher", "global", "redr.redistribution.woodfisher:RedrWoodfisher"),
+    AlgorithmSpec("woodtaylor", "Redr-Woodtaylor", "global", "redr.redistribution.woodfisher:RedrWoodtaylor"),
+)
+
+#: name -> spec, in the paper's order (static sparse first).
+ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def algorithm_spec(name: str) -> AlgorithmSpec:
     if name not in ALGORITHMS:
         raise UsageError(f"unknown algorithm {name!r}; choose one of: {', '.join(ALGORITHMS)}")
-    module, cls = ALGORITHMS[name].split(":")
+    return ALGORITHMS[name]
+
+
+def names(scope: str | None = None) -> tuple[str, ...]:
+    """Algorithm names in registry order; with ``scope``, only those of that scope (``dynamic``: all but static)."""
+    if scope == "dynamic":
+        return tuple(s.name for s in _SPECS if s.scope != "static")
+    return tuple(s.name for s in _SPECS if scope is None or s.scope == scope)
+
+
+def display_name(name: str) -> str:
+    """The paper's name of an algorithm (``Redr-Gradient-Global``); unknown names come back unchanged."""
+    spec = ALGORITHMS.get(name)
+    return spec.display_name if spec else name
+
+
+def algorithm_class(name: str):
+    module, cls = algorithm_spec(name).target.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -33,7 +66,7 @@ def algorithm_options(name: str) -> dict:
     return {k: p.default for k, p in params.items() if k != "self" and p.kind in kinds}
 
 
-def make_algorithm(name: str, **options) -> RedistributionAlgorithm:
+def make_algorithm(name: str, **options):
     """Build an algorithm; an option it does not take is an error naming the ones it does."""
     accepted = algorithm_options(name)
     unknown = sorted(set(options) - set(accepted))
