@@ -10,6 +10,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A relative $REDR_DATA_DIR (the README's `REDR_DATA_DIR=../shared/data`) is relative to where pytest was
+# started; tests that change directory or start processes elsewhere would lose it, so it is made absolute once.
+if os.environ.get("REDR_DATA_DIR", "").strip():
+    os.environ["REDR_DATA_DIR"] = str(Path(os.environ["REDR_DATA_DIR"].strip()).expanduser().absolute())
+
 
 def _shared_data_dir() -> Path | None:
     env = os.environ.get("REDR_DATA_DIR")
