@@ -152,7 +152,7 @@ def test_a_difference_within_the_seed_noise_is_not_resolved():
     assert got.status == NOT_RESOLVED and got.counts == "17 for / 0 against / 1 unresolved of 18"
     unresolved = [c for c in got.comparisons if c.outcome == "unresolved"][0]
     assert unresolved.result.t == pytest.approx(t) and unresolved.result.p == pytest.approx(0.76, abs=0.01)
-    assert unresolved.result.p > LEVEL and "p = 0.76: unresolved" in got.evidence
+    assert unresolved.result.p > LEVEL and "p = 0.762: unresolved" in got.evidence
 
 
 def test_gap_and_near_dense_are_tested_as_contrasts():

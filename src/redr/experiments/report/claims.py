@@ -70,7 +70,7 @@ class Comparison:
     def describe(self) -> str:
         r = self.result
         diff = f"{100 * r.estimate:+.2f} points" if self.points else f"{r.estimate:+.3g}"
-        p = "p n/a (fewer than 2 seeds)" if math.isnan(r.p) else f"p = {r.p:.2g}"
+        p = "p n/a (fewer than 2 seeds)" if math.isnan(r.p) else f"p = {r.p:.3g}"
         return f"{self.text} ({diff}, {p}: {self.outcome})"
 
 
@@ -152,7 +152,8 @@ def _result(t: _Table, key: str, comparisons: list, missing: list, prefix: str =
     if by[AGAINST]:
         parts.append("against: " + _capped([c.describe() for c in by[AGAINST]], 4))
     if by[UNRESOLVED]:
-        parts.append("unresolved (closest to against first): " + _capped([c.describe() for c in by[UNRESOLVED]], 3))
+        order = " (closest to against first)" if len(by[UNRESOLVED]) > 1 else ""
+        parts.append(f"unresolved{order}: " + _capped([c.describe() for c in by[UNRESOLVED]], 3))
     if by[FOR] and len(comparisons) > 1:
         weakest = max(by[FOR], key=lambda c: c.result.p)
         parts.append(f"weakest for: {weakest.describe()}")
