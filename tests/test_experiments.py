@@ -1,4 +1,4 @@
-"""``redr reproduce`` / ``redr report``: grids, resumption, config mismatches, the report files, the claim checker."""
+"""``redr reproduce`` / ``redr report``: grids, resumption, config mismatches, the report files (the claims: test_report.py)."""
 from __future__ import annotations
 
 import csv
@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from redr.cli import main
-from redr.experiments.claims import NOT_SUPPORTED, NOT_TESTED, SUPPORTED, check_claims
-from redr.experiments.grid import DENSITIES, DYNAMIC_ALGORITHMS, build_cells, run_name
+from redr.experiments.grid import build_cells, run_name
 from redr.experiments.report import figure_files, table_files
-from redr.experiments.results import Entry, load_runs
+from redr.experiments.results import load_runs
 from redr.experiments.runner import plan_grid, run_grid
 
 TINY = ["reproduce", "synthetic", "--algorithms", "random,none", "--densities", "0.1", "--seeds", "1", "--epochs", "1",
@@ -214,118 +213,7 @@ def test_bad_options_exit_2(tmp_path, capsys, args, message):
     assert not (tmp_path / "o").exists()
 
 
-# ---------------------------------------------------------------------- the claim checker
-def write_fake_runs(out, table: list[Entry]) -> None:
-    """Finished run directories on disk whose final accuracies and induced losses are ``table``'s."""
-    from redr.experiments.runner import _write_cell
-    from redr.training.config import RunConfig
-    from redr.training.trainer import write_metrics
-
-    for e in table:
-        for seed, (acc, induced) in enumerate(zip(e.final, e.induced or [math.nan] * len(e.final))):
-            model = e.model if e.is_dense else "sparse"
-            options = {"dataset": e.dataset, "model": model, "algorithm": "none" if e.is_dense else e.model,
-                       "density": e.density, "epochs": 2, "seed": seed}
-            cell = build_cells("synthetic", seeds=1)[0]
-            cell.name, cell.options = run_name(options), options
-            run = out / cell.name
-            _write_cell(run, cell)
-            config = RunConfig.from_options(**options, device="cpu")
-            (run / "config.json").write_text(json.dumps({"config": config.to_dict(), "model": {"sizes": [32, 64, 64, 10]}}))
-            rows = [{"epoch": 1, "test_acc": acc - 0.1, "alpha": 0.2, "loss_before_redistribution": 1.0,
-                     "loss_after_redistribution": 1.0 + induced, "nnz[0]": 200, "epoch_seconds": 0.1},
-                    {"epoch": 2, "test_acc": acc, "alpha": 0.0, "loss_before_redistribution": math.nan,
-                     "loss_after_redistribution": math.nan, "nnz[0]": 200, "epoch_seconds": 0.1}]
-            write_metrics(run / "metrics.csv", rows)
-            (run / "DONE").write_text("done\n")
-
-
-def paper_like_table(dataset="kmnist") -> list[Entry]:
-    """Hand-made numbers shaped like the paper's KMNIST results (every claim holds)."""
-    base = {"none": 0.80, "random": 0.84, "gradient": 0.85, "loss": 0.85, "woodtaylor": 0.86,
-            "gradient-global": 0.88, "woodfisher": 0.88}
-    drop = {0.1: 0.0, 0.06: 0.02, 0.03: 0.04}
-    induced = {"random": 0.5, "gradient": 0.5, "gradient-global": 0.55, "loss": 0.5, "woodfisher": 0.05,
-               "woodtaylor": 0.3}
-    entries = []
-    for d in DENSITIES:
-        for algo, acc in base.items():
-            extra = 0.0 if algo in ("gradient-global", "woodfisher", "none") else -drop[d] / 2  # gap grows at low d
-            value = acc - drop[d] + extra
-            entries.append(Entry(dataset, algo, d, final=[value - 0.002, value + 0.002], best=[value + 0.01] * 2,
-                                 induced=[induced.get(algo, math.nan)] * 2))
-    entries.append(Entry(dataset, "dense-neuron", 0.1, final=[0.895, 0.897], best=[0.9, 0.9]))
-    entries.append(Entry(dataset, "dense-param", 0.1, final=[0.78, 0.78], best=[0.79, 0.79]))
-    return entries
-
-
-def statuses(entries, datasets=None):
-    return {c.key: c.status for c in check_claims(entries, datasets)}
-
-
-def test_claim_checker_marks_supported_claims():
-    assert set(statuses(paper_like_table()).values()) == {SUPPORTED}
-
-
-def test_claim_checker_marks_failed_claims_with_the_numbers():
-    entries = paper_like_table()
-    for e in entries:
-        if e.model == "loss" and e.density == 0.03:  # a local algorithm beats gradient-global at low density
-            e.final = [0.95, 0.95]
-        if e.model == "gradient" and e.density == 0.1:  # worse than static sparse and the param-eq dense net
-            e.final = [0.70, 0.70]
-        if e.model == "woodfisher":
-            e.induced = [0.9, 0.9]
-        if e.model == "dense-neuron":
-            e.final = [0.93, 0.93]
-    results = {c.key: c for c in check_claims(entries)}
-    assert {k: c.status for k, c in results.items()} == {
-        "dynamic-beats-static": NOT_SUPPORTED, "global-beats-local": NOT_SUPPORTED, "global-gap-grows": NOT_SUPPORTED,
-        "sparse-beats-param-eq": NOT_SUPPORTED, "gradient-global-near-dense": NOT_SUPPORTED,
-        "woodfisher-lowest-induced-loss": NOT_SUPPORTED}
-    assert "gradient d=0.1 70.00 +- 0.00 vs none d=0.1 80.00" in results["dynamic-beats-static"].evidence
-    assert "5.00 points (> 2)" in results["gradient-global-near-dense"].evidence
-    for c in results.values():  # evidence goes into a markdown table cell
-        assert "|" not in c.evidence
-
-
-def test_markdown_table_cells_escape_pipes():
-    from redr.experiments.report import _md_table
-
-    table = _md_table(["claim", "evidence"], [["a", "x | y"]])
-    row = table.splitlines()[2]
-    assert row == "| a | x \\| y |"
-
-
-def test_missing_runs_are_not_tested_never_supported():
-    entries = [e for e in paper_like_table() if not (e.model == "woodtaylor" and e.density == 0.06)
-               and e.model != "dense-neuron"]
-    got = statuses(entries)
-    assert got["dynamic-beats-static"] == NOT_TESTED and got["sparse-beats-param-eq"] == SUPPORTED
-    assert got["gradient-global-near-dense"] == NOT_TESTED and got["global-beats-local"] == SUPPORTED
-    assert set(statuses([], ["higgs"]).values()) == {NOT_TESTED}
-    never = paper_like_table()
-    for e in never:
-        if e.model in DYNAMIC_ALGORITHMS:
-            e.induced = [math.nan, math.nan]  # the runs never redistributed (too few epochs)
-    got = statuses(never)
-    assert got["dynamic-beats-static"] == NOT_TESTED and got["woodfisher-lowest-induced-loss"] == NOT_TESTED
-
-
-def test_claims_from_the_runs_on_disk(tmp_path):
-    from redr.experiments.results import grid_entries
-
-    table = paper_like_table("synthetic")
-    for e in table:  # one seed each: fewer files
-        e.final, e.induced = e.final[:1], e.induced[:1]
-    write_fake_runs(tmp_path, table)
-    entries = grid_entries(load_runs(tmp_path))
-    assert len(entries) == len(table)
-    assert set(statuses(entries).values()) == {SUPPORTED}
-    (tmp_path / run_name({"dataset": "synthetic", "model": "dense-neuron", "seed": 0}) / "DONE").unlink()  # unfinished
-    assert statuses(grid_entries(load_runs(tmp_path)))["gradient-global-near-dense"] == NOT_TESTED
-
-
+# ---------------------------------------------------------------------- runs read back
 def test_run_counts_its_redistribution_steps(tmp_path):
     from redr.experiments.results import Run
 
