@@ -126,9 +126,17 @@ class _ByDensity(Distribution):
 
     density: float
     option = "--density"
+    name = ""  # as --distribution takes it; "" for the default, uniform
 
     def __post_init__(self):
         check_density(self.density)
+
+    @property
+    def asked(self) -> str:
+        return f"--distribution {self.name} --density {self.density}" if self.name else f"--density {self.density}"
+
+    def describe(self) -> str:
+        return f"{self.name} d={self.density}".strip()
 
     def densities(self, layers: Sequence[LayerShape]) -> list[float]:
         raise NotImplementedError
@@ -146,13 +154,6 @@ class _ByDensity(Distribution):
 @dataclass(frozen=True)
 class Uniform(_ByDensity):
     """Every sparse layer at the same density (the paper's; the default)."""
-
-    @property
-    def asked(self) -> str:
-        return f"--density {self.density}"
-
-    def describe(self) -> str:
-        return f"d={self.density}"
 
     def densities(self, layers):
         return [self.density] * len(layers)
@@ -192,12 +193,7 @@ class ERK(_ByDensity):
     :func:`erk_densities`), so that small layers are denser; the net as a whole keeps ``density``
     (before each layer's density is rounded to whole inputs per neuron)."""
 
-    @property
-    def asked(self) -> str:
-        return f"--distribution erk --density {self.density}"
-
-    def describe(self) -> str:
-        return f"erk d={self.density}"
+    name = "erk"
 
     def densities(self, layers):
         return erk_densities(layers, self.density)
@@ -245,7 +241,7 @@ class PerLayer(Distribution):
     """
 
     values: Mapping[str, LayerValue] = field(default_factory=dict)
-    option = "density of that layer"
+    option = "density or fan-in of that layer"
 
     def __post_init__(self):
         if not isinstance(self.values, Mapping):

@@ -220,8 +220,10 @@ class RunConfig:
     def layer_distribution(self):
         """The :class:`~redr.sparse.distribution.Distribution` of the sparse net (also the one the
         parameter-equivalent baseline is sized on): ``distribution`` at ``density``, or ``fan_in``."""
-        from redr.sparse.distribution import make_distribution
+        from redr.sparse.distribution import DISTRIBUTIONS, make_distribution
 
+        if not isinstance(self.distribution, str):  # per-layer mappings: redr.build_mlp, redr.sparsify
+            raise UsageError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
         return make_distribution(self.distribution, None if self.fan_in is not None else self.density, self.fan_in)
 
     def check_layer_sizes(self, sizes: list[int]) -> None:
