@@ -6,7 +6,7 @@ import torch
 
 from redr.sparse import SparseLinear, TopologyError
 from redr.sparse.convert import build_mlp, count_weights, parameter_equivalent_sizes, sparsify
-from redr.sparse.init import fan_in_for_density
+from redr.sparse.distribution import fan_in_for_density
 from redr.sparse.kernels import HAVE_NUMBA
 from redr.sparse.validate import CorruptSparseStateError
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from redr.errors import UsageError
 from redr.sparse.convert import build_mlp
 from redr.sparse.layer import SparseLinear
 from redr.training import checkpoint
@@ -47,11 +48,13 @@ def _model_for(state: dict) -> tuple[nn.Module, RunConfig]:
         raise checkpoint.CheckpointError(f"the checkpoint holds no valid layer sizes (sizes={sizes!r})")
     if config.model not in MODEL_KINDS:
         raise checkpoint.CheckpointError(f"unknown model kind {config.model!r} in the checkpoint's config")
-    density = config.density if config.model == "sparse" else None
-    if density is not None and not (isinstance(density, (int, float)) and 0 < density <= 1):
-        raise checkpoint.CheckpointError(f"density {density!r} in the checkpoint's config is not in (0, 1]")
-    model = build_mlp(sizes, density, dense_last=bool(config.dense_last), generator=torch.Generator().manual_seed(0),
-                      backend=config.backend if config.backend in ("auto", "numba", "torch", "dense") else "auto")
+    try:  # the one validation of density / distribution / fan-in, and the layers they give
+        model = build_mlp(sizes, dense_last=bool(config.dense_last),
+                          distribution=config.layer_distribution() if config.model == "sparse" else None,
+                          generator=torch.Generator().manual_seed(0),
+                          backend=config.backend if config.backend in ("auto", "numba", "torch", "dense") else "auto")
+    except UsageError as exc:
+        raise checkpoint.CheckpointError(f"the checkpoint's config cannot be built: {exc}") from None
     return model, config
 
 

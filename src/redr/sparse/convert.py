@@ -6,8 +6,11 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from redr.errors import UsageError
+from redr.sparse.distribution import LayerShape, make_distribution
 from redr.sparse.init import init_dense_linear_
 from redr.sparse.layer import SparseLinear
+from redr.sparse.topology import partitioned_topology
 
 
 def sparse_layers(model: nn.Module) -> list[tuple[str, SparseLinear]]:
@@ -15,24 +18,32 @@ def sparse_layers(model: nn.Module) -> list[tuple[str, SparseLinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLinear)]
 
 
-def sparsify(model: nn.Module, density: float, keep_dense: Iterable[str] = (), generator: torch.Generator | None = None,
-             copy_weights: bool = False, backend: str = "auto") -> nn.Module:
+def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterable[str] = (),
+             generator: torch.Generator | None = None, copy_weights: bool = False, backend: str = "auto", *,
+             distribution=None, fan_in: int | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`SparseLinear` of the same shape.
 
+    The topology: ``density`` (uniform), ``distribution`` (``"uniform"`` or ``"erk"`` with ``density``, a
+    :class:`~redr.sparse.distribution.Distribution`, or ``{layer name: density or fan-in}``) or
+    ``fan_in=K`` (K inputs per neuron); see :func:`~redr.sparse.distribution.make_distribution`.
     ``keep_dense`` names modules (as in ``model.named_modules()``) that stay dense, e.g. the paper's
-    HIGGS output layer. With ``copy_weights`` the sparse values are taken from the dense weights at
-    the drawn positions (and the bias is copied); otherwise the paper's init is used.
+    HIGGS output layer; they are outside the distribution's budget. With ``copy_weights`` the sparse
+    values are taken from the dense weights at the drawn positions (and the bias is copied); otherwise
+    the paper's init is used.
     """
+    chosen = make_distribution(distribution, density, fan_in)
+    if chosen is None:
+        raise UsageError("sparsify needs a density, a fan_in or a distribution (none given)")
     keep = set(keep_dense)
     names = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     unknown = keep - names
     if unknown:
         raise ValueError(f"keep_dense names no nn.Linear of the model: {sorted(unknown)}; linear layers are {sorted(names)}")
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or name in keep:
-            continue
-        sparse = SparseLinear(module.in_features, module.out_features, density, bias=module.bias is not None,
-                              generator=generator, backend=backend, device=module.weight.device, dtype=module.weight.dtype)
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in keep]
+    shapes = [LayerShape(name, m.out_features, m.in_features) for name, m in targets]
+    for (name, module), shape, k in zip(targets, shapes, chosen.fan_ins(shapes)):
+        sparse = _sparse_linear(shape, k, generator, bias=module.bias is not None, backend=backend,
+                                device=module.weight.device, dtype=module.weight.dtype)
         if copy_weights:
             with torch.no_grad():
                 rows, cols = sparse.indices
@@ -44,24 +55,47 @@ def sparsify(model: nn.Module, density: float, keep_dense: Iterable[str] = (), g
     return model
 
 
-def build_mlp(sizes: Sequence[int], density: float | None = None, dense_last: bool = False,
-              generator: torch.Generator | None = None, backend: str = "auto", device=None) -> nn.Sequential:
-    """An MLP ``sizes[0] - ... - sizes[-1]`` with ReLU after every hidden layer (logits out).
+def _sparse_linear(shape: LayerShape, fan_in: int, generator, **options) -> SparseLinear:
+    """The topology first (partitioned, ``fan_in`` per neuron), then the layer built on it."""
+    rows, cols = partitioned_topology(shape.out_features, shape.in_features, fan_in, generator)
+    return SparseLinear.from_topology(shape.in_features, shape.out_features, rows, cols, generator=generator, **options)
 
-    ``density=None`` builds the dense baseline (``nn.Linear`` with the paper's init); otherwise every
-    layer is a :class:`SparseLinear` at that density, except the last when ``dense_last``.
-    """
+
+def _mlp_layers(sizes: Sequence[int], dense_last: bool) -> list[tuple[LayerShape, bool]]:
+    """Each linear layer of :func:`build_mlp` (named by its index in the ``nn.Sequential``) and whether it is sparse."""
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise ValueError(f"an MLP needs at least two positive layer sizes, got {list(sizes)}")
-    layers: list[nn.Module] = []
     n = len(sizes) - 1
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if density is None or (dense_last and i == n - 1):
-            layer = init_dense_linear_(nn.Linear(fan_in, fan_out, device=device), generator)
+    return [(LayerShape(str(2 * i), int(sizes[i + 1]), int(sizes[i])), not (dense_last and i == n - 1)) for i in range(n)]
+
+
+def mlp_layer_shapes(sizes: Sequence[int], dense_last: bool = False) -> list[LayerShape]:
+    """The sparse layers :func:`build_mlp` would build, before building them (a run's options are checked on these)."""
+    return [shape for shape, sparse in _mlp_layers(sizes, dense_last) if sparse]
+
+
+def build_mlp(sizes: Sequence[int], density: float | None = None, dense_last: bool = False,
+              generator: torch.Generator | None = None, backend: str = "auto", device=None, *,
+              distribution=None, fan_in: int | None = None) -> nn.Sequential:
+    """An MLP ``sizes[0] - ... - sizes[-1]`` with ReLU after every hidden layer (logits out).
+
+    With no ``density``, ``distribution`` or ``fan_in`` it is the dense baseline (``nn.Linear`` with the
+    paper's init); otherwise every layer is a :class:`SparseLinear` with the fan-in the distribution
+    gives it (as in :func:`sparsify`), except the last when ``dense_last`` (outside the budget). The
+    layers are named ``"0"``, ``"2"``, ... (their index in the ``nn.Sequential``), also in a per-layer mapping.
+    """
+    slots = _mlp_layers(sizes, dense_last)
+    chosen = make_distribution(distribution, density, fan_in)
+    sparse_shapes = [shape for shape, sparse in slots if sparse] if chosen is not None else []
+    fan_ins = dict(zip((shape.name for shape in sparse_shapes), chosen.fan_ins(sparse_shapes) if chosen else []))
+    layers: list[nn.Module] = []
+    for i, (shape, _) in enumerate(slots):
+        if shape.name in fan_ins:
+            layer = _sparse_linear(shape, fan_ins[shape.name], generator, backend=backend, device=device)
         else:
-            layer = SparseLinear(fan_in, fan_out, density, generator=generator, backend=backend, device=device)
+            layer = init_dense_linear_(nn.Linear(shape.in_features, shape.out_features, device=device), generator)
         layers.append(layer)
-        if i < n - 1:
+        if i < len(slots) - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 

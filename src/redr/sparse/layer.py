@@ -9,13 +9,31 @@ from torch import nn
 
 from redr.sparse import kernels
 from redr.sparse.index_ops import ascending, csr_from_keys, merge_sorted, sorted_intersect
-from redr.sparse.init import fan_in_for_density, paper_bounds, partitioned_topology, uniform_
+from redr.sparse.distribution import fan_in_for_density
+from redr.sparse.init import neuron_bounds, uniform_
 from redr.sparse.layout import CSRLayout, index_dtype, key_dtype
 from redr.sparse.optim_state import remap_optimizer_state
+from redr.sparse.topology import partitioned_topology
 
 
 class TopologyError(ValueError):
     """A topology change that would corrupt the layer (duplicate, already active, out of range)."""
+
+
+def _checked_topology(rows, cols, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows``/``cols`` as int64 CPU tensors, if they are a valid row-major topology of a layer of ``shape``."""
+    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    if rows.dim() != 1 or cols.shape != rows.shape:
+        raise TopologyError(f"rows and cols must be 1-D of equal length, got {tuple(rows.shape)} and {tuple(cols.shape)}")
+    if rows.is_floating_point() or cols.is_floating_point() or rows.dtype == torch.bool or cols.dtype == torch.bool:
+        raise TopologyError(f"rows and cols must hold integer indices, got {rows.dtype} and {cols.dtype}")
+    rows, cols = rows.to("cpu", torch.int64), cols.to("cpu", torch.int64)
+    if rows.numel() and (rows.min() < 0 or rows.max() >= shape[0] or cols.min() < 0 or cols.max() >= shape[1]):
+        raise TopologyError(f"a topology position is out of range for a {shape[0]}x{shape[1]} layer")
+    keys = rows * shape[1] + cols
+    if keys.numel() > 1 and bool((keys[1:] <= keys[:-1]).any()):
+        raise TopologyError("topology positions must be in row-major order without duplicates")
+    return rows, cols
 
 
 @dataclass
@@ -35,34 +53,56 @@ class TopologyChange:
 class SparseLinear(nn.Module):
     """``y = x @ W.T + b`` with ``W`` held as ``values`` at ``indices`` only (no dense weight or mask).
 
+    A layer is built from a given topology (:meth:`from_topology`); ``SparseLinear(in, out, density)``
+    is the convenience for a lone layer: ``round(density * in_features)`` inputs per neuron (at least
+    one, see :func:`~redr.sparse.distribution.fan_in_for_density`), placed by
+    :func:`~redr.sparse.topology.partitioned_topology`. Nets decide their topology first, layer by layer
+    from a :class:`~redr.sparse.distribution.Distribution` (``build_mlp``, ``sparsify``).
+
     Args:
         in_features, out_features: the dense shape ``W`` would have.
-        density: fraction of active weights; each output neuron gets ``round(density * in_features)``
-            inputs (at least one), placed by :func:`~redr.sparse.init.partitioned_topology`.
+        density: fraction of active weights (or give ``topology``).
         bias: learn a dense bias.
         generator: the source of every random choice (topology and values), for reproducibility.
         backend: ``auto`` (default), ``numba``, ``torch`` or ``dense``; see :mod:`redr.sparse.kernels`.
+        topology: ``(rows, cols)`` of the active weights, as for :meth:`from_topology` (instead of ``density``).
 
-    Values start uniform in ``+-1/n`` and the bias in ``+-1/sqrt(n)``, ``n`` being the neuron's active
-    fan-in (the paper's ``k_i`` read as the active fan-in).
+    Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` being the neuron's active
+    fan-in (the paper's ``k_i`` read as the active fan-in), drawn in this order after the topology.
     """
 
-    def __init__(self, in_features: int, out_features: int, density: float, bias: bool = True,
-                 generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, density: float | None = None, bias: bool = True,
+                 generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
+                 topology: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"layer sizes must be positive, got in={in_features}, out={out_features}")
         if backend not in kernels.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(kernels.BACKENDS)}")
+        if (density is None) == (topology is None):
+            raise ValueError("give a SparseLinear either a density or a topology (rows, cols)")
         self.in_features, self.out_features = in_features, out_features
         self.backend = backend
-        fan_in = fan_in_for_density(in_features, density)
-        rows, cols = partitioned_topology(out_features, in_features, fan_in, generator)
+        if topology is None:
+            topology = partitioned_topology(out_features, in_features, fan_in_for_density(in_features, density), generator)
+        rows, cols = _checked_topology(*topology, (out_features, in_features))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
-        w_bound, b_bound = paper_bounds(fan_in)
-        self.values = nn.Parameter(uniform_(torch.empty(rows.numel(), **factory), w_bound, generator))
+        w_bound, b_bound = neuron_bounds(torch.bincount(rows, minlength=out_features))
+        self.values = nn.Parameter(uniform_(torch.empty(rows.numel(), **factory), w_bound[rows], generator))
         self.bias = nn.Parameter(uniform_(torch.empty(out_features, **factory), b_bound, generator)) if bias else None
         self._set_layout(CSRLayout.from_sorted_coo(rows, cols, (out_features, in_features)).to(self.values.device))
+
+    @classmethod
+    def from_topology(cls, in_features: int, out_features: int, rows: torch.Tensor, cols: torch.Tensor, bias: bool = True,
+                      generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None) -> "SparseLinear":
+        """A layer whose active weights are exactly at ``(rows[i], cols[i])``, with the paper's values init.
+
+        ``rows``/``cols``: integer tensors in row-major order without duplicates (as
+        :func:`~redr.sparse.topology.partitioned_topology` gives them). Rows may differ in fan-in; each
+        neuron's values and bias use its own (a neuron without inputs counts as one for its bias).
+        """
+        return cls(in_features, out_features, bias=bias, generator=generator, backend=backend, device=device,
+                   dtype=dtype, topology=(rows, cols))
 
     # ----------------------------------------------------------------- structure
     def _set_layout(self, layout: CSRLayout) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from redr.cli_types import integer
 from redr.errors import UsageError
+from redr.sparse.distribution import DISTRIBUTIONS
 from redr.training.config import PRESETS, RunConfig
 
 #: CLI flag -> algorithm option (only the algorithms that take an option accept it)
@@ -31,6 +32,9 @@ def add_parser(subparsers) -> None:
     a("--model", choices=["sparse", "dense-neuron", "dense-param"], help="sparse, or a dense baseline (default sparse)")
     a("--algorithm", help=f"redistribution algorithm: {', '.join(ALGORITHMS)} (default random; none for dense)")
     a("--density", type=float, help="fraction of active weights per sparse layer (default 0.1)")
+    a("--distribution", choices=list(DISTRIBUTIONS), help="how --density is spread over the sparse layers: uniform "
+                                                          "(the paper's) or erk (RigL's Erdős–Rényi) (default uniform)")
+    a("--fan-in", type=integer, help="instead of --density: every neuron of every sparse layer gets this many inputs")
     a("--epochs", type=integer, help="training epochs")
     a("--batch-size", type=integer, help="minibatch size")
     a("--lr", type=float, help="Adam learning rate")
@@ -68,7 +72,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     """The options the user gave explicitly (None = not given), in RunConfig's names."""
     plain = ("dataset", "preset", "model", "algorithm", "density", "epochs", "batch_size", "lr", "hidden", "dense_last",
              "redistribute_every", "alpha0", "end_fraction", "redistribution_batches", "induced_loss_rows", "augment",
-             "train_rows", "test_rows", "seed", "device", "backend", "data_dir", "on_nonfinite")
+             "train_rows", "test_rows", "seed", "device", "backend", "data_dir", "on_nonfinite", "distribution", "fan_in")
     given = {k: getattr(args, k) for k in plain if getattr(args, k) is not None}
     if args.no_download:
         given["download"] = False

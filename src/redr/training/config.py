@@ -41,7 +41,9 @@ class RunConfig:
     model: str = "sparse"
     algorithm: str = "random"
     algorithm_options: dict = field(default_factory=dict)
-    density: float = 0.1
+    density: float = 0.1  # not used when fan_in is set
+    distribution: str = "uniform"  # how density is spread over the sparse layers: uniform or erk
+    fan_in: Optional[int] = None  # instead of a density: every neuron of every sparse layer gets fan_in inputs
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
@@ -72,6 +74,8 @@ class RunConfig:
         if unknown:
             raise UsageError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         given = {k: v for k, v in options.items() if v is not None}
+        if "density" in given and "fan_in" in given:
+            raise UsageError("give --density or --fan-in, not both (--fan-in K gives every neuron K inputs)")
         preset = given.get("preset") or (given["dataset"] if given.get("dataset") in PRESETS else cls.preset)
         if preset not in PRESETS:
             raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -103,6 +107,7 @@ class RunConfig:
         named dataset's shape (images or not, input features) are left to the trainer, which has the data.
         """
         from redr.redistribution.registry import ALGORITHMS, algorithm_options, make_algorithm
+        from redr.sparse.distribution import check_density
 
         def bad(msg):
             raise UsageError(msg)
@@ -129,8 +134,8 @@ class RunConfig:
             bad(f"unknown model kind {self.model!r}; choose one of {', '.join(MODEL_KINDS)}")
         if not isinstance(self.algorithm, str) or self.algorithm not in ALGORITHMS:
             bad(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if not is_number(self.density) or not 0 < self.density <= 1:
-            bad(f"--density must be in (0, 1], got {self.density!r}")
+        check_density(self.density)
+        self.layer_distribution()  # --distribution and --fan-in (their fit to the layers: check_layer_sizes)
         for name, low in (("epochs", 1), ("batch_size", 1), ("redistribute_every", 1), ("redistribution_batches", 1),
                           ("induced_loss_rows", 1), ("seed", 0)):
             whole(name, low)
@@ -212,19 +217,23 @@ class RunConfig:
         elif device.type != "cpu":
             raise UsageError(f"--device {self.device}: unsupported device type {device.type!r} (cpu or cuda)")
 
-    def sparse_layer_sizes(self, sizes: list[int]) -> list[tuple[int, int, int]]:
-        """``(index, in, out)`` of the layers that are sparse at ``self.density`` (all but a dense last)."""
-        n = len(sizes) - 1
-        return [(i, sizes[i], sizes[i + 1]) for i in range(n) if not (self.dense_last and i == n - 1)]
+    def layer_distribution(self):
+        """The :class:`~redr.sparse.distribution.Distribution` of the sparse net (also the one the
+        parameter-equivalent baseline is sized on): ``distribution`` at ``density``, or ``fan_in``."""
+        from redr.sparse.distribution import DISTRIBUTIONS, make_distribution
+
+        if not isinstance(self.distribution, str):  # per-layer mappings: redr.build_mlp, redr.sparsify
+            raise UsageError(f"--distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
+        return make_distribution(self.distribution, None if self.fan_in is not None else self.density, self.fan_in)
 
     def check_layer_sizes(self, sizes: list[int]) -> None:
-        """Densities that cannot be built as asked.
+        """Densities or fan-ins that cannot be built as asked.
 
-        *Zero inputs*: a sparse layer gives each output neuron ``round(density * fan_in)`` inputs, at least
-        one (``SparseLinear`` raises a 0 to 1, so no neuron is ever built without inputs; it would then be
-        silently denser than asked). A density for which that number rounds to 0 in some layer is refused.
-        Redistribution may later take every input of a neuron away (a dead neuron keeps its bias); that is
-        the algorithms' choice, as in SET/RigL, and not checked here.
+        *Zero inputs, too many inputs*: the distribution gives each sparse layer a fan-in (a density ``d``
+        gives ``round(d x in)`` inputs per neuron) and refuses one of 0 or above the layer's inputs, naming
+        the layer and the fix (:mod:`redr.sparse.distribution`). Redistribution may later take every input
+        of a neuron away (a dead neuron keeps its bias); that is the algorithms' choice, as in SET/RigL, and
+        not checked here.
 
         *Room to grow*: a redistributing algorithm grows as many weights as it removes, at positions that
         are inactive before the step; a layer needs at least as many inactive positions as the largest
@@ -232,26 +241,22 @@ class RunConfig:
         """
         if self.model == "dense-neuron":
             return
-        layers = self.sparse_layer_sizes(sizes)
-        for i, fan_in, fan_out in layers:
-            if round(self.density * fan_in) < 1:
-                smallest = max(1.0 / f for _, f, _ in layers)
-                raise UsageError(
-                    f"--density {self.density} leaves the neurons of layer {i} ({fan_in} -> {fan_out}) with zero inputs "
-                    f"(round({self.density} x {fan_in}) = 0); use --density >= {smallest:.6g} (one input per neuron "
-                    f"in every sparse layer)")
+        from redr.sparse.convert import mlp_layer_shapes
+
+        layers = mlp_layer_shapes(sizes, self.dense_last)
+        distribution = self.layer_distribution()
+        fan_ins = distribution.fan_ins(layers)
         if self.model != "sparse" or self.algorithm == "none":
             return
         from redr.redistribution.schedule import RedistributionSchedule
 
         schedule = RedistributionSchedule(self.epochs, self.redistribute_every, self.alpha0, self.end_fraction)
         alpha = max((schedule.alpha(e) for e in schedule.epochs()), default=0.0)
-        for i, fan_in, fan_out in layers:
-            per_neuron = max(1, min(fan_in, int(round(self.density * fan_in))))
-            nnz, free = fan_out * per_neuron, fan_out * (fan_in - per_neuron)
+        for layer, per_neuron in zip(layers, fan_ins):
+            nnz, free = layer.out_features * per_neuron, layer.out_features * (layer.inputs - per_neuron)
             moved = int(alpha * nnz)
             if moved > free:
                 raise UsageError(
-                    f"--density {self.density} leaves layer {i} ({fan_in} -> {fan_out}) {free} inactive positions, "
-                    f"too few to grow the {moved} weights that --algorithm {self.algorithm} moves at alpha {alpha:.3g}; "
-                    f"use a lower --density, a smaller --alpha0, or --algorithm none")
+                    f"{distribution.asked} leaves layer {layer} {free} inactive positions, too few to grow the {moved} "
+                    f"weights that --algorithm {self.algorithm} moves at alpha {alpha:.3g}; "
+                    f"use a lower {distribution.option}, a smaller --alpha0, or --algorithm none")

@@ -20,6 +20,7 @@ from redr.errors import UsageError
 from redr.sparse.convert import sparse_layers
 from redr.sparse.validate import validate_csr
 from redr.training.checkpoint import CheckpointError
+from redr.training.config import RunConfig
 
 REQUIRED = ("config", "epoch", "step_in_epoch", "model", "optimizer", "generators", "rng", "metrics")
 
@@ -154,6 +155,7 @@ def validate_checkpoint(state: dict, trainer) -> None:
 
 
 def config_differences(saved: dict, requested: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
+    saved = {**RunConfig().to_dict(), **saved}  # options added since the run was saved count as their defaults
     keys = sorted((set(saved) | set(requested)) - set(ignore))
     return [f"{k}: saved {saved.get(k)!r}, requested {requested.get(k)!r}" for k in keys if saved.get(k) != requested.get(k)]
 

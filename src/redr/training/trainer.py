@@ -144,8 +144,8 @@ def build_model(config: RunConfig, num_features: int, num_outputs: int, generato
     """The model of ``config.model`` and a summary with the counts the paper compares."""
     sizes = config.sizes(num_features, num_outputs)
     config.check_layer_sizes(sizes)
-    sparse = build_mlp(sizes, config.density, dense_last=config.dense_last, generator=generator,
-                       backend=config.backend, device=device)
+    sparse = build_mlp(sizes, dense_last=config.dense_last, distribution=config.layer_distribution(),
+                       generator=generator, backend=config.backend, device=device)
     sparse_weights = count_weights(sparse)
     param_sizes = parameter_equivalent_sizes(sizes, sparse_weights)
     if config.model == "sparse":
@@ -478,7 +478,10 @@ class Trainer:
 
     def describe(self) -> str:
         c, s = self.config, self.summary
-        kind = {"sparse": f"sparse d={c.density} ({c.algorithm})", "dense-neuron": "dense (neuron-equivalent)",
+        spread = "" if c.distribution == "uniform" and c.fan_in is None else (  # the paper's line as it was
+            f", layer densities {'/'.join(f'{d:.3g}' for d in s.layer_densities)}")
+        kind = {"sparse": f"sparse {c.layer_distribution().describe()}{spread} ({c.algorithm})",
+                "dense-neuron": "dense (neuron-equivalent)",
                 "dense-param": "dense (parameter-equivalent)"}[c.model]
         return (f"{c.dataset}: {'-'.join(map(str, s.sizes))} {kind}, {s.weights:,} weights; "
                 f"sparse net {s.sparse_weights:,} weights, neuron-equivalent dense {s.neuron_equivalent_weights:,}, "
