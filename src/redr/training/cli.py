@@ -157,7 +157,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     mode = distributed.cli_mode(args)  # None, "launch" (--nproc N: run torchrun) or "worker" (under torchrun)
     if mode == "launch":
-        argv = list(args.argv)
+        argv = list(getattr(args, "argv", None) or sys.argv[1:])  # as given (redr.cli.main records them)
         return distributed.launch_cli(args, out, argv[argv.index("train") + 1:])
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
