@@ -1,6 +1,8 @@
 """``redr train --help``: every option states its default once, and what it states is what a run does."""
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 
 import pytest
@@ -10,10 +12,7 @@ from redr.training.config import RunConfig
 
 
 @pytest.fixture(scope="module")
-def help_text(capsys_module=None):
-    import contextlib
-    import io
-
+def help_text() -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
         main(["train", "--help"])
