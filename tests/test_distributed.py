@@ -25,7 +25,10 @@ from redr.redistribution.registry import ALGORITHMS, algorithm_class
 from redr.sparse.convert import sparse_layers
 from redr.training import distributed
 from redr.training.config import RunConfig
-from redr.training.trainer import Trainer, read_metrics, train
+from redr.training.api import train
+from redr.training.distributed.cli import cli_mode, without_options
+from redr.training.rundir import read_metrics
+from redr.training.trainer import Trainer
 
 
 def available_algorithms() -> list[str]:
@@ -223,18 +226,22 @@ def test_argv_round_trip_and_modes(monkeypatch):
     argv = ["train", "--dataset", "synthetic", "--hidden", "8", "8", "--no-augment", "--lr", "0.01", "--no-progress",
             "--aug-degrees", "5", "--nproc", "2"]
     args = build_parser().parse_args(argv)
-    assert distributed.cli_mode(args) == "launch"
-    again = build_parser().parse_args(["train", *distributed.argv_from_namespace(args._train_parser, args)])
-    assert {k: v for k, v in vars(again).items() if k not in ("nproc", "func", "_train_parser")} == \
-        {k: v for k, v in vars(args).items() if k not in ("nproc", "func", "_train_parser")}
+    assert cli_mode(args) == "launch"
+    for nproc in (["--nproc", "2"], ["--nproc=2"], ["--np", "2"]):  # every spelling argparse accepts
+        given = ["train", *argv[1:-2], *nproc, "--out", "x"]
+        worker = without_options(given[1:], ("--nproc", "--out"))
+        assert worker == argv[1:-2]
+        again = build_parser().parse_args(["train", *worker])
+        assert {k: v for k, v in vars(again).items() if k not in ("nproc", "out")} == \
+            {k: v for k, v in vars(build_parser().parse_args(given)).items() if k not in ("nproc", "out")}
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     from redr.errors import UsageError
 
     with pytest.raises(UsageError, match="leave --nproc out"):
-        distributed.cli_mode(args)
+        cli_mode(args)
     args.nproc = None
-    assert distributed.cli_mode(args) == "worker"
+    assert cli_mode(args) == "worker"
 
 
 def test_cli_nproc_launches_torchrun_and_only_rank_0_writes(tmp_path):

@@ -30,7 +30,9 @@ from redr.redistribution.registry import algorithm_class
 from redr.training import checkpoint
 from redr.training.checkpoint import CheckpointError, content_digest
 from redr.training.config import RunConfig
-from redr.training.trainer import NonFiniteError, read_metrics, train
+from redr.training.api import train
+from redr.training.nonfinite import NonFiniteError
+from redr.training.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "reliability.md"

@@ -197,7 +197,7 @@ def write_fake_runs(out, table: list[Entry]) -> None:
     """Finished run directories on disk whose final accuracies and induced losses are ``table``'s."""
     from redr.experiments.runner import _write_cell
     from redr.training.config import RunConfig
-    from redr.training.trainer import write_metrics
+    from redr.training.rundir import write_metrics
 
     for e in table:
         for seed, (acc, induced) in enumerate(zip(e.final, e.induced or [math.nan] * len(e.final))):

@@ -28,9 +28,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import redr
 from redr.cli import main
 from redr.redistribution.registry import algorithm_class
-from redr.training import checkpoint, trainer as trainer_module
+from redr.runtime import configure_threads
+from redr.training import api, checkpoint, trainer as trainer_module
 from redr.training.checkpoint import CheckpointFallbackWarning
 from redr.training.config import RunConfig
+from redr.training.rundir import saved_config
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = {"epoch_seconds", "redistribution_seconds", "peak_memory_bytes"}
@@ -62,19 +64,13 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
+    """One thread here too, set the one way that holds (numba's pool started first, then torch; see
+    redr.runtime): setting torch first and then starting numba left torch with 2 threads, so the in-process runs
+    differed from the subprocesses' by a few ulp whenever this module ran first in its process."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        import numba
-
-        numba_before = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        numba = None
+    configure_threads(1)
     yield
-    torch.set_num_threads(before)
-    if numba is not None:
-        numba.set_num_threads(numba_before)
+    configure_threads(before)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -392,11 +388,11 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, st
     shutil.copytree(stopped_after_epoch_3, out)
     damage, why = CORRUPTIONS[kind]
     damage(out / checkpoint.CHECKPOINT)
-    config = RunConfig.from_dict(trainer_module.saved_config(out))
+    config = RunConfig.from_dict(saved_config(out))
     logged = []
     with pytest.warns(CheckpointFallbackWarning, match=f"{why}.*using the previous checkpoint checkpoint.prev.pt "
                                                        r"\(epoch 2, step 0\)"):
-        trainer_module.train(config, out, resume=True, progress=False, log=logged.append)
+        api.train(config, out, resume=True, progress=False, log=logged.append)
     assert any("resuming" in line and "after epoch 2" in line for line in logged)
     assert_same_run(reference(), out)
 

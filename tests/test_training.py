@@ -9,7 +9,8 @@ import torch
 
 from redr.cli import main
 from redr.training.config import RunConfig
-from redr.training.trainer import read_metrics, train
+from redr.training.api import train
+from redr.training.rundir import read_metrics
 
 TINY = ["--dataset", "synthetic", "--epochs", "3", "--train-rows", "512", "--test-rows", "128", "--no-progress"]
 
@@ -111,7 +112,7 @@ def test_cpu_peak_memory_is_reset_per_epoch():
     """The per-epoch peak forgets what was freed before the reset (VmHWM through /proc/self/clear_refs)."""
     import os
 
-    from redr.training.trainer import peak_memory_bytes, reset_peak_memory
+    from redr.training.memory import peak_memory_bytes, reset_peak_memory
 
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("needs Linux's /proc/self/clear_refs")

@@ -1,12 +1,50 @@
-"""redr: dynamic sparse training with truly sparse layers and weight redistribution."""
-from redr.inference import export_dense_state_dict, load_checkpoint
-from redr.redistribution import ALGORITHMS, RedistributionSchedule, Redistributor, make_algorithm
-from redr.sparse import SparseLinear
-from redr.sparse.convert import build_mlp, count_weights, parameter_equivalent_sizes, sparse_layers, sparsify
-from redr.training.config import RunConfig
-from redr.training.trainer import Trainer, train
+"""redr: dynamic sparse training with truly sparse layers and weight redistribution.
 
-__version__ = "0.1.0"
-__all__ = ["ALGORITHMS", "RedistributionSchedule", "Redistributor", "RunConfig", "SparseLinear", "Trainer",
-           "build_mlp", "count_weights", "export_dense_state_dict", "load_checkpoint", "make_algorithm",
-           "parameter_equivalent_sizes", "sparse_layers", "sparsify", "train"]
+The names below are imported on first use (PEP 562), so that ``import redr.sparse`` or ``import redr.data``
+loads only that part, never the training stack.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("redr")
+except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+    __version__ = "0+unknown"
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "ALGORITHMS": "redr.redistribution",
+    "RedistributionSchedule": "redr.redistribution",
+    "Redistributor": "redr.redistribution",
+    "make_algorithm": "redr.redistribution",
+    "RunConfig": "redr.training.config",
+    "SparseLinear": "redr.sparse",
+    "Trainer": "redr.training.trainer",
+    "train": "redr.training.api",
+    "build_mlp": "redr.sparse.convert",
+    "count_weights": "redr.sparse.convert",
+    "parameter_equivalent_sizes": "redr.sparse.convert",
+    "sparse_layers": "redr.sparse.convert",
+    "sparsify": "redr.sparse.convert",
+    "export_dense_state_dict": "redr.inference",
+    "load_checkpoint": "redr.inference",
+}
+__all__ = sorted(_EXPORTS)
+
+#: subpackages and modules reachable as ``redr.<name>`` after a bare ``import redr``
+_SUBMODULES = ("bench", "cli", "data", "errors", "experiments", "inference", "redistribution", "runtime", "sparse",
+               "training")
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"redr.{name}")
+    raise AttributeError(f"module 'redr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -33,6 +33,8 @@ def _batches(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> None:
+    from redr.sparse.kernels import BACKENDS
+
     p = subparsers.add_parser(
         "bench", help="benchmarks: sparse vs dense layer, epoch and memory (tables + JSON lines)",
         description="Run a benchmark suite, print its table and append JSON lines (machine, device, torch version, "
@@ -55,7 +57,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batches", type=_batches, default=None, help="layer: batch sizes (default 128,512)")
     p.add_argument("--backends", type=comma_list(), default=None, help="layer: sparse backends (default numba,torch,dense,auto; "
                                                                   "numba only on the CPU)")
-    p.add_argument("--backend", default="auto", choices=("auto", "numba", "torch", "dense"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="epoch: the sparse nets' backend (default auto)")
     p.add_argument("--higgs-rows", type=positive_int, default=None, help="epoch: rows per HIGGS epoch (default 500000)")
     p.add_argument("--rows", type=positive_int, default=None, help="epoch: rows per KMNIST/wide epoch (default 60000)")
@@ -80,16 +82,9 @@ def main(args) -> int:
         raise UsageError(f"unexpected arguments {' '.join(args.files)} (files are for 'redr bench summary')")
     from redr.bench import common
 
-    if args.threads:
-        import torch
+    from redr.runtime import configure_threads
 
-        torch.set_num_threads(args.threads)
-        try:
-            import numba
-
-            numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-        except ImportError:  # pragma: no cover
-            pass
+    configure_threads(args.threads)  # before any kernel runs (None: keep the counts, fix the order)
     device = common.resolve_device(args.device)
     suites = SUITES if args.suite == "all" else (args.suite,)
     records = []

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
+from redr import runtime
 from redr.errors import UsageError
 
 # ---------------------------------------------------------------------------------------------------- environment
@@ -101,14 +102,11 @@ def environment(device: torch.device) -> dict:
 
 
 def resolve_device(name: Optional[str]) -> torch.device:
-    device = torch.device(name or "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise UsageError(f"--device must be cpu or cuda[:N], got {name!r}")
+    """``--device`` (the benchmarks' default: cpu), checked by :func:`redr.runtime.resolve_device`; a bare
+    ``cuda`` names the current GPU, so that every record says which one."""
+    device = runtime.resolve_device(name or "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 

@@ -45,7 +45,8 @@ from torch import nn
 from redr.bench.common import (PACKAGE_ROOT, JsonLines, algorithm_availability, environment, format_table, make_record,
                                make_trainer, mib, net_specs, print_flush, ratio, synthetic_dataset, sync)
 from redr.redistribution.registry import ALGORITHMS
-from redr.training.trainer import memory_measuring_env, peak_memory_bytes, reset_peak_memory
+from redr.runtime import configure_threads
+from redr.training.memory import memory_measuring_env, peak_memory_bytes, reset_peak_memory
 
 DENSITIES = [0.1, 0.06, 0.03]
 QUICK_DENSITIES = [0.1]
@@ -174,7 +175,7 @@ def worker_main(argv: list[str]) -> int:
         return 2
     config = json.loads(argv[1])
     if config.get("threads"):
-        torch.set_num_threads(config["threads"])
+        configure_threads(config["threads"])
     print(json.dumps(worker(config)), flush=True)
     return 0
 

@@ -24,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from redr.data.paths import CACHE_DIR_ENV
+from redr.data.registry import HIGGS
 from redr.errors import DataError, UsageError
 
 COLUMNS = 29  # label + 28 features
-FEATURES_USED = 21  # the low-level features; the paper drops the 7 high-level ones
+FEATURES_USED = HIGGS.num_features
 DEFAULT_TRAIN_ROWS = 500_000
 DEFAULT_TEST_ROWS = 100_000  # validation rows, taken right after the training rows
 CACHE_FORMAT = "redr-higgs-float32-v1"

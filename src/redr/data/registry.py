@@ -35,6 +35,7 @@ class DatasetSpec:
     task: str  # "multiclass" or "binary"
     num_classes: int
     image_shape: Optional[Tuple[int, int, int]]
+    num_features: int  # inputs per row once loaded (images: C * H * W)
     extra_dirs: Tuple[str, ...] = ()  # system-wide copies looked at after the data dir
 
     def file(self, role: str) -> FileSpec:
@@ -76,6 +77,7 @@ KMNIST = DatasetSpec(
     task="multiclass",
     num_classes=10,
     image_shape=(1, 28, 28),
+    num_features=784,
 )
 
 FASHION_MNIST = DatasetSpec(
@@ -103,6 +105,7 @@ FASHION_MNIST = DatasetSpec(
     task="multiclass",
     num_classes=10,
     image_shape=(1, 28, 28),
+    num_features=784,
     extra_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian package dataset-fashion-mnist
 )
 
@@ -122,6 +125,7 @@ HIGGS = DatasetSpec(
     task="binary",
     num_classes=1,
     image_shape=None,
+    num_features=21,  # the low-level features; the paper drops the 7 high-level ones
 )
 
 #: The datasets ``load_dataset`` knows, by name (read-only).

@@ -9,8 +9,11 @@ import torch
 
 from redr.data.dataset import Dataset
 
+#: The default shape (input features, classes), which the run configuration checks layer sizes against.
+FEATURES, CLASSES = 32, 10
 
-def make_synthetic(train_rows: int = 2048, test_rows: int = 512, features: int = 32, classes: int = 10,
+
+def make_synthetic(train_rows: int = 2048, test_rows: int = 512, features: int = FEATURES, classes: int = CLASSES,
                    data_seed: int = 1234, device="cpu") -> Dataset:
     g = torch.Generator().manual_seed(data_seed)
     n = train_rows + test_rows

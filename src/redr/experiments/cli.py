@@ -57,41 +57,22 @@ def add_parser(subparsers) -> None:
     r.set_defaults(func=run_report)
 
 
-def set_threads(n: int) -> None:
-    """Intra-op threads of torch and of the numba kernels in this process."""
-    import torch
-
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
-
-
 def default_out(experiment: str, quick: bool) -> Path:
     return Path("runs") / (experiment + ("-quick" if quick else ""))
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from redr.experiments.runner import format_seconds, plan_grid, record_invocation, run_grid
-    from redr.training.trainer import default_device
+    from redr.runtime import configure_threads, resolve_device
 
-    if args.threads:
-        set_threads(args.threads)
+    configure_threads(args.threads)  # before any kernel runs (None: keep the counts, fix the order)
     cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
                         datasets=args.datasets, models=args.algorithms, densities=args.densities)
     if args.no_download:
         for cell in cells:
             cell.options["download"] = False
     out = Path(args.out) if args.out else default_out(args.experiment, args.quick)
-    device = args.device or default_device()
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    device = str(resolve_device(args.device))
     command = ["redr", *sys.argv[1:]] if Path(sys.argv[0]).name in ("redr", "__main__.py") else \
         ["redr", "reproduce", args.experiment]
     if args.list:

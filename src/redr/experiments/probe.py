@@ -1,6 +1,6 @@
 """One memory measurement in a fresh process (``python -m redr.experiments.probe REQUEST_JSON``).
 
-The peak is what :func:`redr.training.trainer.peak_memory_bytes` reports after each epoch of a normal
+The peak is what :func:`redr.training.memory.peak_memory_bytes` reports after each epoch of a normal
 training run (written to ``metrics.csv`` by the trainer):
 
 * CUDA: the caching allocator's peak of allocated bytes (``torch.cuda.max_memory_allocated``), reset at
@@ -10,7 +10,7 @@ training run (written to ``metrics.csv`` by the trainer):
   stays resident (interpreter, libraries, data) is. That is why every configuration runs in its own
   process, and why a baseline process (kernels run once, data loaded, peak reset, no model) is measured
   the same way and subtracted in the report. glibc's mmap threshold is fixed by the runner
-  (:func:`redr.training.trainer.memory_measuring_env`) so that freed large blocks leave the resident set.
+  (:func:`redr.training.memory.memory_measuring_env`) so that freed large blocks leave the resident set.
 
 Both kinds of process first run a tiny sparse layer and a tiny dense layer forward and backward with
 Adam, so that every process carries the same loaded kernels (numba, BLAS) before the measured part.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -39,8 +38,9 @@ def warm_up(device: torch.device) -> None:
 
 def baseline(config, out: Path) -> None:
     """The data on the device plus the warmed-up libraries: what every run of this shape carries anyway."""
-    from redr.training.trainer import (CONFIG_FILE, METRICS_FILE, load_data, peak_memory_bytes, reset_peak_memory,
-                                       write_json_atomic, write_metrics)
+    from redr.training.memory import peak_memory_bytes, reset_peak_memory
+    from redr.training.rundir import CONFIG_FILE, METRICS_FILE, write_done, write_json_atomic, write_metrics
+    from redr.training.trainer import load_data
 
     device = torch.device(config.device)
     data = load_data(config, device, progress=False)
@@ -52,22 +52,21 @@ def baseline(config, out: Path) -> None:
     write_json_atomic(out / CONFIG_FILE, {"config": config.to_dict(), "data": data.info,
                                           "device": {"type": device.type}, "kind": "memory-baseline"})
     write_metrics(out / METRICS_FILE, [{"epoch": 0, "peak_memory_bytes": peak}])
-    (out / "DONE").write_text(datetime.now(timezone.utc).isoformat() + "\n")
+    write_done(out)
     print(f"baseline peak {peak / 2**20:.1f} MiB on {device.type}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from redr.runtime import configure_threads
+    from redr.training.api import train
     from redr.training.config import RunConfig
-    from redr.training.trainer import train
 
     request = json.loads((argv if argv is not None else sys.argv[1:])[0])
     config = RunConfig.from_dict(request["config"])
     config.validate()
     out = Path(request["out"])
     if request.get("threads"):
-        from redr.experiments.cli import set_threads
-
-        set_threads(request["threads"])
+        configure_threads(request["threads"])
     warm_up(torch.device(config.device))
     if request.get("baseline"):
         baseline(config, out)

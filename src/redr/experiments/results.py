@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from redr.training.config import PRESETS
-from redr.training.trainer import CONFIG_FILE, METRICS_FILE, read_metrics
+from redr.training.rundir import CONFIG_FILE, METRICS_FILE, read_metrics
 
 SMALL_FILES = (CONFIG_FILE, METRICS_FILE, "cell.json", "DONE", "FAILED")
 

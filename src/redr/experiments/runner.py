@@ -28,12 +28,14 @@ from typing import Callable, Optional, Sequence
 
 from redr.errors import DataError, UsageError
 from redr.experiments.grid import Cell
+from redr.runtime import default_device
 from redr.training import checkpoint
+from redr.training.api import train
 from redr.training.config import RunConfig
-from redr.training.trainer import (CONFIG_FILE, METRICS_FILE, default_device, memory_measuring_env, read_metrics, train,
-                                   write_json_atomic)
+from redr.training.memory import memory_measuring_env
+from redr.training.rundir import CONFIG_FILE, DONE_FILE, METRICS_FILE, read_metrics, write_json_atomic
 
-CELL_FILE, FAILED_FILE, DONE_FILE = "cell.json", "FAILED", "DONE"
+CELL_FILE, FAILED_FILE = "cell.json", "FAILED"
 #: Settings that never change results: a run that differs only here is reused when finished.
 IGNORED_ALWAYS = ("data_dir", "download")
 #: ... and, for accuracy runs only, where it ran (CPU and GPU runs of one config are the same experiment).

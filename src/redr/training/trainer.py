@@ -1,4 +1,5 @@
-"""The training engine behind ``redr train`` (and ``redr reproduce``).
+"""The training loop behind ``redr train`` (and ``redr reproduce``); :mod:`redr.training.api` starts and
+resumes it, :mod:`redr.training.rundir` is the format of what it writes.
 
 One :class:`Trainer` runs one configuration: it loads the data onto the device, builds the model
 (sparse, or a dense baseline), trains with Adam on index-permuted minibatches, evaluates after every
@@ -11,8 +12,6 @@ order, augmentation, the batches given to the redistribution, and the redistribu
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import platform
@@ -21,7 +20,6 @@ import signal
 import sys
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,88 +28,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from redr import __version__
 from redr.data.batching import batch_indices
-from redr.errors import RedrError, UsageError
+from redr.errors import UsageError
 from redr.redistribution import RedistributionSchedule, Redistributor
-from redr.sparse.convert import build_mlp, count_parameters, count_weights, parameter_equivalent_sizes, sparse_layers
+from redr.runtime import configure_threads, device_name, resolve_device
+from redr.sparse.convert import sparse_layers
 from redr.training import checkpoint
 from redr.training.config import RunConfig
+from redr.training.memory import peak_memory_bytes, reset_peak_memory
+from redr.training.model import build_model, make_adam
+from redr.training.nonfinite import NonFiniteError, diagnose, nonfinite_gradients, nonfinite_parameters
+from redr.training.rundir import CONFIG_FILE, METRICS_FILE, write_done, write_json_atomic, write_metrics
 
 #: Rows per evaluation chunk (at least; a larger training batch is used as is). See Trainer.evaluate.
 EVAL_CHUNK_ROWS = 1024
 
 GENERATORS = ("init", "data", "augment", "redistribution-data")
-CONFIG_FILE, METRICS_FILE = "config.json", "metrics.csv"
-OUR_FILES = (CONFIG_FILE, METRICS_FILE, checkpoint.CHECKPOINT, checkpoint.PREVIOUS, checkpoint.TEMPORARY,
-             checkpoint.PREVIOUS + ".tmp", "DONE")
-
-
-class NonFiniteError(RedrError):
-    """A NaN/inf loss or weight; the message names the epoch, the step and the layer."""
 
 
 def derive_seed(seed: int, name: str) -> int:
     """Independent, stable seeds per purpose (changing one stream never shifts another)."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
-
-
-def reset_peak_memory(device: torch.device) -> bool:
-    """Start a new peak for :func:`peak_memory_bytes` (the trainer does at every epoch start). CUDA: the
-    allocator's peak statistics. CPU (Linux >= 4.0): the process's VmHWM, reset to the current resident set
-    through ``/proc/self/clear_refs``; where that is not allowed the CPU peak stays the one since the
-    process started (loading the data included) and this returns False."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:  # not Linux, an old kernel, or a restricted container
-        return False
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: the caching allocator's peak since the last reset. CPU: the process's peak resident set
-    size since the last :func:`reset_peak_memory` (VmHWM: interpreter, libraries and data included; compare
-    configurations in fresh processes, against a baseline process)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
-
-
-def memory_measuring_env() -> dict:
-    """``os.environ`` for a subprocess that measures its peak memory on the CPU: glibc's mmap threshold fixed
-    at 128 KiB (unless already set). By default glibc raises the threshold after the first large free, so later
-    large blocks come from the heap, whose freed pages stay resident, and the peak RSS then measures the
-    allocator's caching rather than what the run needs; with it fixed, every large tensor is its own mapping,
-    returned to the OS when freed."""
-    env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-    return env
-
-
-def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam (the paper's optimizer). The fused implementation where torch has one for the device: on the
-    CPU it measured 3-7x faster than the per-parameter loop (for the sparse and the dense nets alike)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without a fused kernel
-        return torch.optim.Adam(params, lr=lr)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_data(config: RunConfig, device: torch.device, progress: bool):
@@ -123,44 +61,6 @@ def load_data(config: RunConfig, device: torch.device, progress: bool):
 
     return load_dataset(config.dataset, data_dir=config.data_dir, device=device, train_rows=config.train_rows,
                         test_rows=config.test_rows, download=config.download, progress=progress)
-
-
-@dataclass
-class ModelSummary:
-    sizes: list
-    weights: int
-    parameters: int
-    sparse_weights: int  # the sparse net's connections at this density (what param-eq matches)
-    neuron_equivalent_weights: int
-    parameter_equivalent_sizes: list
-    parameter_equivalent_weights: int
-    layer_densities: list
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def build_model(config: RunConfig, num_features: int, num_outputs: int, generator: torch.Generator, device):
-    """The model of ``config.model`` and a summary with the counts the paper compares."""
-    sizes = config.sizes(num_features, num_outputs)
-    config.check_layer_sizes(sizes)
-    sparse = build_mlp(sizes, dense_last=config.dense_last, distribution=config.layer_distribution(),
-                       generator=generator, backend=config.backend, device=device)
-    sparse_weights = count_weights(sparse)
-    param_sizes = parameter_equivalent_sizes(sizes, sparse_weights)
-    if config.model == "sparse":
-        model = sparse
-    else:
-        del sparse
-        model = build_mlp(sizes if config.model == "dense-neuron" else param_sizes, None, generator=generator, device=device)
-    dims = list(zip(sizes[:-1], sizes[1:]))
-    summary = ModelSummary(
-        sizes=sizes if config.model != "dense-param" else param_sizes,
-        weights=count_weights(model), parameters=count_parameters(model), sparse_weights=sparse_weights,
-        neuron_equivalent_weights=sum(a * b for a, b in dims), parameter_equivalent_sizes=param_sizes,
-        parameter_equivalent_weights=sum(a * b for a, b in zip(param_sizes[:-1], param_sizes[1:])),
-        layer_densities=[round(layer.density, 6) for _, layer in sparse_layers(model)])
-    return model, summary
 
 
 class Trainer:
@@ -184,7 +84,8 @@ class Trainer:
         self.is_writer = rank == 0
         self.progress = progress and self.is_writer
         self.log = log if self.is_writer else (lambda *_: None)
-        self.device = torch.device(config.device or default_device())
+        self.device = resolve_device(config.device)
+        configure_threads()  # before any kernel runs: numba's pool started, torch's thread count kept as it is
         self.generators = {name: torch.Generator().manual_seed(derive_seed(config.seed, name)) for name in GENERATORS}
         self.data = dataset if dataset is not None else load_data(config, self.device, self.progress)
         if config.augment and self.data.image_shape is None:
@@ -271,49 +172,18 @@ class Trainer:
         if bool(torch.isfinite(total)) or (bool(torch.isfinite(loss.detach()))
                                            and all(bool(torch.isfinite(g).all()) for g in grads)):
             return True
-        bad_weights = self._nonfinite_parameters()
+        bad_weights = nonfinite_parameters(self.model)
         if self.config.on_nonfinite == "skip-batch" and not bad_weights:
             self.optimizer.zero_grad(set_to_none=True)
             self._skipped += 1
             return False
         value = float(loss.detach())
         what = (f"non-finite training loss ({value})" if not math.isfinite(value)
-                else f"non-finite gradient ({', '.join(self._nonfinite_gradients())}; loss {value:.6g})")
-        raise NonFiniteError(f"{what} at epoch {epoch}, step {step}/{self._epoch_steps}: {self._diagnose(x, bad_weights)}"
+                else f"non-finite gradient ({', '.join(nonfinite_gradients(self.model))}; loss {value:.6g})")
+        raise NonFiniteError(f"{what} at epoch {epoch}, step {step}/{self._epoch_steps}: {diagnose(self.model, x, bad_weights)}"
                              + self._last_good()
                              + ("" if bad_weights else "; if only some batches are bad (NaN/inf in the data), rerun with "
                                 "--on-nonfinite skip-batch to skip them; a diverging run needs a smaller --lr"))
-
-    def _nonfinite_parameters(self) -> list[str]:
-        return [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
-
-    def _nonfinite_gradients(self) -> list[str]:
-        return [name for name, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-
-    @torch.no_grad()
-    def _diagnose(self, x: torch.Tensor, bad_weights: list[str]) -> str:
-        """Where the non-finite numbers come from: the weights of a layer, the input batch, or the first
-        layer whose output is not finite."""
-        if bad_weights:
-            return "non-finite weights in " + ", ".join(f"layer {n.rpartition('.')[0] or n} ({n})" for n in bad_weights)
-        if not bool(torch.isfinite(x).all()):
-            rows = (~torch.isfinite(x)).any(1).nonzero().squeeze(1).tolist()
-            return f"the input batch has NaN/inf in {len(rows)} of its rows (data; first row {rows[0]} of the batch)"
-        found = []
-
-        def hook(module, inputs, output, name=None):
-            if not found and torch.is_tensor(output) and not bool(torch.isfinite(output).all()):
-                shape = f" {module.in_features} -> {module.out_features}" if hasattr(module, "in_features") else ""
-                found.append(f"layer {name} ({type(module).__name__}{shape}) is the first with a non-finite output")
-
-        handles = [m.register_forward_hook(lambda mod, i, o, n=name: hook(mod, i, o, n))
-                   for name, m in self.model.named_children()]
-        try:
-            self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return found[0] if found else "finite forward pass (the loss or a gradient overflowed)"
 
     def _last_good(self) -> str:
         if self.out_dir is None or not self.is_writer:
@@ -409,10 +279,10 @@ class Trainer:
         if self._epoch_batches == 0 and self._skipped:
             raise NonFiniteError(f"every batch of epoch {epoch} ({self._skipped}) had a non-finite loss or gradient and "
                                  "was skipped; the run diverged (try a smaller --lr)" + self._last_good())
-        bad = self._nonfinite_parameters()
+        bad = nonfinite_parameters(self.model)
         if bad:
             raise NonFiniteError(f"non-finite weights after epoch {epoch}, step {self._epoch_steps}: "
-                                 + self._diagnose(self.data.train_x[:1], bad) + self._last_good())
+                                 + diagnose(self.model, self.data.train_x[:1], bad) + self._last_good())
         row = {"epoch": epoch, "train_loss": train_loss}
         row["test_loss"], row["test_acc"] = self.evaluate(self.data.test_x, self.data.test_y)
         row.update(alpha=0.0, loss_before_redistribution=math.nan, loss_after_redistribution=math.nan,
@@ -460,7 +330,7 @@ class Trainer:
                 if self._stop_signal is not None:
                     raise KeyboardInterrupt(f"stopped by {self._stop_signal} after epoch {epoch}")
             if self.out_dir is not None and self.is_writer:
-                (self.out_dir / "DONE").write_text(datetime.now(timezone.utc).isoformat() + "\n")
+                write_done(self.out_dir)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -502,7 +372,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "config": self.config.to_dict(), "sizes": list(self.summary.sizes),
-            "redr_version": __import__("redr").__version__, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "redr_version": __version__, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "epoch_data_state": self._epoch_data_state, "epoch_loss_sum": self._epoch_loss_sum,
             "epoch_batches": self._epoch_batches, "skipped": self._skipped,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -535,7 +405,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.out_dir is None or not self.is_writer:
             return
-        bad = self._nonfinite_parameters()
+        bad = nonfinite_parameters(self.model)
         if bad:  # never replace a good checkpoint by one that cannot be resumed
             raise NonFiniteError(f"non-finite weights in {', '.join(bad)} at epoch {self.epoch + 1}, step "
                                  f"{self.step_in_epoch}; no checkpoint written" + self._last_good())
@@ -554,7 +424,7 @@ class Trainer:
             "model": self.summary.to_dict(),
             "data": self.data.info,
             "device": {"type": self.device.type, "name": device_name(self.device), "world_size": self.world_size},
-            "versions": {"redr": __import__("redr").__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "versions": {"redr": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads()},
@@ -562,132 +432,3 @@ class Trainer:
             "started": datetime.now(timezone.utc).isoformat(),
         }
         write_json_atomic(self.out_dir / CONFIG_FILE, info)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    """The whole CSV, rewritten atomically from the rows (so it always matches the checkpoint)."""
-    tmp = path.with_suffix(".csv.tmp")
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """metrics.csv back as dicts of floats (ints where whole)."""
-    rows = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            parsed = {}
-            for k, v in row.items():
-                try:
-                    f = float(v)
-                    parsed[k] = int(f) if k == "epoch" or k.startswith("nnz[") else f
-                except (TypeError, ValueError):
-                    parsed[k] = v
-            rows.append(parsed)
-    return rows
-
-
-def check_out_dir(out_dir: Path, overwrite: bool = False, resume: bool = False) -> list[str]:
-    """Refuse to touch an existing run unless asked (no side effects); returns our files found there."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} exists and is not a directory")
-    existing = [name for name in OUR_FILES if (out_dir / name).exists()]
-    if resume:
-        if not any((out_dir / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, CONFIG_FILE)):
-            raise UsageError(f"--resume {out_dir}: no checkpoint there to resume from")
-    elif existing and not overwrite:
-        raise UsageError(f"output dir {out_dir} already holds a run ({', '.join(existing)}); "
-                         "pass --overwrite to replace it or --resume to continue it")
-    return existing
-
-
-def saved_config(out: Path) -> dict:
-    """The ``config`` of a run directory's config.json (a UsageError if missing or unreadable)."""
-    try:
-        return json.loads((out / CONFIG_FILE).read_text())["config"]
-    except FileNotFoundError:
-        raise UsageError(f"--resume {out}: no {CONFIG_FILE} there (not a redr run directory)") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--resume {out}: {CONFIG_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
-
-
-def resume_from(trainer: Trainer, out: Path, log: Callable[[str], None] = print) -> None:
-    """Load the newest usable checkpoint of ``out`` into ``trainer`` (see :mod:`redr.training.resume`).
-
-    The requested config must equal the saved one (except :data:`~redr.training.resume.RESUMABLE_CHANGES`);
-    a checkpoint that does not load, fails its checksum or its validation is skipped for the previous one
-    (a :class:`~redr.training.checkpoint.CheckpointFallbackWarning`). A run killed before its first
-    checkpoint starts again from epoch 1.
-    """
-    from redr.training.resume import check_resume_config, validate_checkpoint
-
-    requested = trainer.config.to_dict()
-    if not any((out / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS)):
-        changes = check_resume_config(saved_config(out), requested, out)
-        log(f"resuming {out}: no checkpoint yet (stopped during its first epoch); starting again from epoch 1")
-        if changes and trainer.is_writer:
-            trainer.write_config()
-        return
-    changes: list[str] = []
-
-    def validate(state: dict) -> None:
-        if not isinstance(state.get("config"), dict):
-            raise checkpoint.CheckpointError("the checkpoint holds no config")
-        changes[:] = check_resume_config(state["config"], requested, out)
-        validate_checkpoint(state, trainer)
-        try:
-            trainer.load_state_dict(state)
-        except Exception as exc:  # whatever validation missed: still one line naming the problem
-            raise checkpoint.CheckpointError(f"cannot be loaded into the run ({type(exc).__name__}: {exc})") from exc
-
-    checkpoint.load(out, validate=validate, map_location=trainer.device)
-    if changes:
-        log(f"resuming with changed option(s): {'; '.join(changes)}")
-    if trainer.is_writer:  # metrics.csv may lag the checkpoint by one epoch after a kill
-        write_metrics(out / METRICS_FILE, trainer.metrics)
-    if trainer.epoch >= trainer.config.epochs:
-        log(f"{out}: the run is already complete ({trainer.epoch} epochs); nothing to train")
-    else:
-        log(f"resuming {out} after epoch {trainer.epoch}" + (f", step {trainer.step_in_epoch}" if trainer.step_in_epoch else ""))
-
-
-def train(config: RunConfig, out_dir: Optional[str | os.PathLike] = None, *, overwrite: bool = False, resume: bool = False,
-          progress: bool = True, log: Callable[[str], None] = print, command: Optional[list] = None, **trainer_kwargs) -> Trainer:
-    """Run ``config`` (writing into ``out_dir`` if given); with ``resume`` continue the run saved there.
-
-    Everything that can fail on bad input (options, output dir, data files) fails before anything is written.
-    """
-    out = Path(out_dir) if out_dir is not None else None
-    if resume and out is None:
-        raise UsageError("resume needs the run's output directory")
-    if resume and overwrite:
-        raise UsageError("--resume continues the run in its directory and --overwrite replaces it: give one of them")
-    existing = check_out_dir(out, overwrite, resume) if out is not None else []
-    trainer = Trainer(config, out, progress=progress, log=log, **trainer_kwargs)
-    if resume:
-        resume_from(trainer, out, log)
-    elif out is not None and trainer.is_writer:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in existing:
-            (out / name).unlink()
-        trainer.write_config(command)
-    trainer.run()
-    return trainer
