@@ -27,7 +27,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import redr
 from redr.cli import main
-from redr.redistribution.registry import algorithm_class
+from redr.redistribution.algorithms.registry import algorithm_class
 from redr.training import checkpoint, trainer as trainer_module
 from redr.training.checkpoint import CheckpointFallbackWarning
 from redr.training.config import RunConfig
