@@ -264,8 +264,7 @@ def stream_layer_gradients(ctx, consumer: Callable[[LayerGradient], None], num_b
     Layers the loss does not reach are handed over after the backward with a zero gradient. Nothing is
     written to any parameter's ``.grad``; the model's buffers and the global RNG are left as they were.
     """
-    if tile_rows < 1:
-        raise ValueError(f"tile_rows must be >= 1, got {tile_rows}")
+    check_gradient_options(tile_rows, num_batches)
     if ctx.loss_fn is None:
         raise ValueError("gradient-based redistribution needs loss_fn in the context")
     start = time.perf_counter()
@@ -332,16 +331,21 @@ def stream_layer_gradients(ctx, consumer: Callable[[LayerGradient], None], num_b
     return stats
 
 
+def check_gradient_options(tile_rows, num_batches) -> None:
+    """``tile_rows`` bounds the extra memory per layer to about ``tile_rows * in_features`` numbers;
+    ``num_batches`` caps how many of the context's batches are used (None: all that are given; the trainer
+    gives ``--redistribution-batches``, default 1)."""
+    if int(tile_rows) != tile_rows or tile_rows < 1:
+        raise ValueError(f"tile_rows must be a positive integer, got {tile_rows!r}")
+    if num_batches is not None and (int(num_batches) != num_batches or num_batches < 1):
+        raise ValueError(f"num_batches must be a positive integer or None, got {num_batches!r}")
+
+
 class GradientPass:
-    """The options of a dense-gradient pass, checked once: ``tile_rows`` bounds the extra memory per layer to
-    about ``tile_rows * in_features`` numbers; ``num_batches`` caps how many of the context's batches are
-    used (None: all that are given; the trainer gives ``--redistribution-batches``, default 1)."""
+    """The options of a dense-gradient pass (:func:`check_gradient_options`), checked when it is made."""
 
     def __init__(self, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None):
-        if int(tile_rows) != tile_rows or tile_rows < 1:
-            raise ValueError(f"tile_rows must be a positive integer, got {tile_rows!r}")
-        if num_batches is not None and (int(num_batches) != num_batches or num_batches < 1):
-            raise ValueError(f"num_batches must be a positive integer or None, got {num_batches!r}")
+        check_gradient_options(tile_rows, num_batches)
         self.tile_rows = int(tile_rows)
         self.num_batches = None if num_batches is None else int(num_batches)
 
