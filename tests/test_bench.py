@@ -30,7 +30,8 @@ def read_lines(path):
 @pytest.fixture
 def broken_algorithm(monkeypatch):
     """An algorithm whose module does not import (as one still being written): suites skip it with a reason."""
-    monkeypatch.setitem(registry.ALGORITHMS, "broken", "redr.redistribution.no_such_module:Broken")
+    monkeypatch.setitem(registry.ALGORITHMS, "broken",
+                        registry.AlgorithmSpec("broken", "Broken", "local", "redr.redistribution.no_such_module:Broken"))
     return "broken"
 
 
