@@ -54,7 +54,7 @@ from redr.redistribution import RedistributionContext, apply_plan, make_algorith
 from redr.sparse import SparseLinear
 
 try:
-    from redr.redistribution.heap import release_free_heap
+    from redr.redistribution.mechanism import release_free_heap
 except ImportError:  # an older tree without the heap trim
     release_free_heap = None
 
@@ -230,7 +230,7 @@ class LiveBytes(TorchDispatchMode):
 
 
 def measure_memory(hidden: int, width: int, density: float, batch: int, alpha: float, tile_rows: int) -> dict:
-    import redr.redistribution.gradient as gradient_module
+    import redr.redistribution.algorithms.growth as gradient_module
 
     sizes = [784] + [width] * hidden + [10]
     model = redr.build_mlp(sizes, density, generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ import torch
 
 from conftest import cuda
 from redr.cli import main
-from redr.redistribution import registry
+from redr.redistribution.algorithms import registry
 
 ENV_KEYS = {"suite", "kind", "timestamp", "machine", "cpu_model", "cores", "device", "device_name", "torch_version",
             "commit", "config", "results", "ratios"}

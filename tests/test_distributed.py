@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from redr.data.synthetic import make_synthetic
-from redr.redistribution.registry import ALGORITHMS, algorithm_class
+from redr.redistribution.algorithms.registry import ALGORITHMS, algorithm_class
 from redr.sparse.convert import sparse_layers
 from redr.training import distributed
 from redr.training.config import RunConfig

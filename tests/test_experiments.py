@@ -118,9 +118,10 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
 
 
 def test_an_algorithm_that_cannot_be_loaded_is_skipped_not_fatal(tmp_path, monkeypatch, capsys):
-    import redr.redistribution.registry as registry
+    import redr.redistribution.algorithms.registry as registry
 
-    monkeypatch.setitem(registry.ALGORITHMS, "woodtaylor", "redr.no_such_module:Nothing")  # not landed yet
+    spec = registry.AlgorithmSpec("woodtaylor", "Redr-Woodtaylor", "global", "redr.no_such_module:Nothing")
+    monkeypatch.setitem(registry.ALGORITHMS, "woodtaylor", spec)  # not landed yet
     args = ["reproduce", "synthetic", "--algorithms", "woodtaylor,none", "--densities", "0.1", "--seeds", "1",
             "--epochs", "1", "--no-progress", "--quiet", "--no-report", "--out", str(tmp_path)]
     assert main(args) == 1

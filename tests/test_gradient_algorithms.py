@@ -11,12 +11,12 @@ from torch import nn
 
 import redr
 from redr.redistribution import RedistributionContext, Redistributor, make_algorithm
-from redr.redistribution import dense_grad
-from redr.redistribution.base import magnitude_removal, removal_count
-from redr.redistribution.dense_grad import StreamingTopK, stream_layer_gradients
-from redr.redistribution.gradient import RedrGradient, RedrGradientGlobal
-from redr.redistribution.loss import RedrLoss, neuron_shares, selected_count, water_fill
-from redr.redistribution.registry import algorithm_options
+from redr.redistribution import algorithm_options, magnitude_removal
+from redr.redistribution.algorithms.gradient import RedrGradient, RedrGradientGlobal
+from redr.redistribution.algorithms.loss import RedrLoss
+from redr.redistribution.selection import StreamingTopK, neuron_shares, removal_count, selected_count, water_fill
+from redr.redistribution.selection import streaming_topk as dense_grad
+from redr.redistribution.signals import stream_layer_gradients
 from redr.sparse import SparseLinear
 
 CE = nn.functional.cross_entropy

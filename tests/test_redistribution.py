@@ -7,7 +7,7 @@ import torch
 import redr
 from redr.errors import UsageError
 from redr.redistribution import InvariantError, LayerPlan, RedistributionPlan, RedistributionSchedule, apply_plan
-from redr.redistribution.select import largest_k, proportional_shares, random_inactive_keys, smallest_k
+from redr.redistribution.selection import largest_k, proportional_shares, random_inactive_keys, smallest_k
 from redr.sparse import SparseLinear
 
 
@@ -148,7 +148,7 @@ def test_unknown_algorithm_and_option_are_clear_errors():
 
 
 def test_largest_per_row_matches_brute_force_with_ties():
-    from redr.redistribution.loss import largest_per_row
+    from redr.redistribution.selection import largest_per_row
 
     g = torch.Generator().manual_seed(3)
     for trial in range(20):
@@ -166,7 +166,7 @@ def test_largest_per_row_matches_brute_force_with_ties():
 
 
 def test_keys_to_positions_roundtrip_and_narrow():
-    from redr.redistribution.plan import keys_to_positions
+    from redr.redistribution.selection import keys_to_positions
 
     keys = torch.tensor([0, 5, 4096 * 4096 - 1, 123456789], dtype=torch.int64)
     pos = keys_to_positions(keys, 4096 * 8)

@@ -26,7 +26,7 @@ from redr.cli import main
 from redr.data.synthetic import make_synthetic
 from redr.errors import UsageError
 from redr.inference import dense_mlp, export_dense_state_dict
-from redr.redistribution.registry import algorithm_class
+from redr.redistribution.algorithms.registry import algorithm_class
 from redr.training import checkpoint
 from redr.training.checkpoint import CheckpointError, content_digest
 from redr.training.config import RunConfig

@@ -186,7 +186,7 @@ def test_missing_runs_never_count_as_support():
 
 
 def test_the_global_algorithms_of_the_claims_are_global_in_the_registry():
-    from redr.redistribution.registry import ALGORITHMS
+    from redr.redistribution.algorithms.registry import ALGORITHMS
 
     assert BEST_GLOBAL == ("gradient-global", "woodfisher")
     assert all(ALGORITHMS[a].scope == "global" for a in BEST_GLOBAL)

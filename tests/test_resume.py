@@ -27,7 +27,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import redr
 from redr.cli import main
-from redr.redistribution.registry import algorithm_class
+from redr.redistribution.algorithms.registry import algorithm_class
 from redr.runtime import configure_threads
 from redr.training import api, checkpoint, trainer as trainer_module
 from redr.training.checkpoint import CheckpointFallbackWarning

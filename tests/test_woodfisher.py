@@ -7,14 +7,12 @@ import torch
 
 import redr
 from redr.errors import UsageError
-from redr.redistribution import make_algorithm
-from redr.redistribution.base import RedistributionContext
-from redr.redistribution.fisher import (BlockFisher, BlockLayout, ShermanMorrisonInverse, damped_inverse,
-                                        sherman_morrison_block_inverse)
-from redr.redistribution.registry import algorithm_options
-from redr.redistribution.select import proportional_shares
-from redr.redistribution.woodfisher import (RedrWoodfisher, RedrWoodtaylor, collapse_floors, global_smallest,
-                                            optimal_update, removal_statistics)
+from redr.redistribution import RedistributionContext, algorithm_options, make_algorithm
+from redr.redistribution.algorithms.woodfisher import RedrWoodfisher, RedrWoodtaylor
+from redr.redistribution.selection import collapse_floors, global_smallest, proportional_shares
+from redr.redistribution.signals import BlockFisher, BlockLayout, optimal_update, removal_statistics
+from redr.redistribution.signals.fisher import damped_inverse
+from redr.redistribution.signals.sherman_morrison import ShermanMorrisonInverse, sherman_morrison_block_inverse
 from redr.sparse import SparseLinear
 
 D = torch.float64
@@ -403,7 +401,7 @@ def test_options_registry_and_errors():
 
 
 def test_release_free_heap_is_harmless():
-    from redr.redistribution.heap import release_free_heap
+    from redr.redistribution.mechanism import release_free_heap
     assert release_free_heap() in (True, False)
     x = torch.ones(10)
     assert x.sum().item() == 10

@@ -142,7 +142,7 @@ def spread(values: Sequence[float]) -> float:
 
 def algorithm_availability(names: Iterable[str]) -> list[tuple[str, Optional[str]]]:
     """``(name, None)`` for an algorithm whose module imports, ``(name, reason)`` for one that does not (yet)."""
-    from redr.redistribution.registry import ALGORITHMS, algorithm_class
+    from redr.redistribution.algorithms.registry import ALGORITHMS, algorithm_class
 
     out = []
     for name in names:

@@ -25,7 +25,7 @@ import torch
 
 from redr.bench.common import (QUICK_NETS, JsonLines, algorithm_availability, environment, format_table, make_record, make_trainer,
                                median, net_specs, print_flush, ratio, rounded, spread, synthetic_dataset, sync)
-from redr.redistribution.registry import ALGORITHMS
+from redr.redistribution.algorithms.registry import ALGORITHMS
 from redr.sparse.convert import sparse_layers
 
 DENSITIES = [0.1, 0.06, 0.03]

@@ -44,7 +44,7 @@ from torch import nn
 
 from redr.bench.common import (PACKAGE_ROOT, JsonLines, algorithm_availability, environment, format_table, make_record,
                                make_trainer, mib, net_specs, print_flush, ratio, synthetic_dataset, sync)
-from redr.redistribution.registry import ALGORITHMS
+from redr.redistribution.algorithms.registry import ALGORITHMS
 from redr.runtime import configure_threads
 from redr.training.memory import memory_measuring_env, peak_memory_bytes, reset_peak_memory
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from redr.errors import UsageError
+from redr.redistribution.algorithms.registry import names as algorithm_names
+from redr.redistribution.signals.fisher import DEFAULT_BLOCK_SIZE
 from redr.training.config import PRESETS
 
-#: Layer-local and global dynamic algorithms as the paper groups them (section 4.2).
-LOCAL_ALGORITHMS = ("random", "gradient", "loss")
-GLOBAL_ALGORITHMS = ("gradient-global", "woodfisher")
-DYNAMIC_ALGORITHMS = ("random", "gradient", "gradient-global", "loss", "woodfisher", "woodtaylor")
-STATIC = "none"
+#: Every algorithm that moves weights, in the registry's (the paper's) order.
+DYNAMIC_ALGORITHMS = algorithm_names("dynamic")
+STATIC = algorithm_names("static")[0]
 DENSE_MODELS = ("dense-neuron", "dense-param")
 #: Everything an accuracy grid trains, in the order tables list it.
 GRID_MODELS = (STATIC, *DYNAMIC_ALGORITHMS, *DENSE_MODELS)
@@ -36,7 +36,7 @@ DEPTH_HIDDEN = ((256, 256), (256, 128, 128, 128), (128,) * 8)
 #: at lambda = 1 (the value the paper found best on KMNIST).
 WOODTAYLOR_LAMBDAS = (1e-4, 1e-2, 1.0, 100.0)
 WOODTAYLOR_BLOCKS = (8, 16, 34, 64)
-WOODTAYLOR_BLOCK = 34
+WOODTAYLOR_BLOCK = DEFAULT_BLOCK_SIZE
 WOODTAYLOR_LAMBDA = 1.0
 MEMORY_HIDDEN = (4096, 4096)
 

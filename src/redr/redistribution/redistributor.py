@@ -7,8 +7,9 @@
         redistributor.step(epoch)            # gradient-based algorithms: step(epoch, batches=[(x, y)])
 
 It owns the schedule, the algorithm, the seeded generator and the history, and applies every plan
-through :func:`~redr.redistribution.plan.apply_plan`. Algorithms that need a per-step hook (Woodfisher
+through :func:`~redr.redistribution.mechanism.apply_plan`. Algorithms that need a per-step hook (Woodfisher
 accumulates its Fisher) get one through ``optimizer.register_step_post_hook``; others cost nothing.
+It joins the mechanism with the algorithms' registry (the mechanism itself knows no algorithm).
 """
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from redr.redistribution.base import RedistributionAlgorithm, RedistributionContext, identity
-from redr.redistribution.heap import release_free_heap
-from redr.redistribution.plan import apply_plan
-from redr.redistribution.registry import make_algorithm
-from redr.redistribution.schedule import RedistributionSchedule
+from redr.redistribution.algorithms.registry import make_algorithm
+from redr.redistribution.mechanism import (RedistributionAlgorithm, RedistributionContext, RedistributionSchedule,
+                                           apply_plan, identity, release_free_heap)
 from redr.sparse.convert import sparse_layers
 
 
@@ -47,7 +46,7 @@ class Redistributor:
     Args:
         model: any module; its :class:`~redr.sparse.SparseLinear` layers are redistributed.
         optimizer: one optimizer or a list; their per-weight state follows every topology change.
-        algorithm: a name (see :data:`~redr.redistribution.registry.ALGORITHMS`) or an instance.
+        algorithm: a name (see :data:`~redr.redistribution.algorithms.registry.ALGORITHMS`) or an instance.
         total_epochs / schedule: the schedule, or just the epoch count for the paper's default one.
         seed: seeds the generator behind every random choice (identical on all data-parallel ranks).
         loss_fn: ``loss_fn(output, target)``, needed by gradient-based algorithms.
@@ -109,7 +108,8 @@ class Redistributor:
         # (change_topology drops them too); dropping them first lowers the step's peak memory by as much.
         for layer in layers:
             layer.values.grad = None
-        ctx = RedistributionContext(self.model, layers, alpha, self.generator, self.loss_fn, batches, self.all_reduce)
+        ctx = RedistributionContext(self.model, layers, alpha, self.generator, self.loss_fn, batches, self.all_reduce,
+                                    optimizers=self.optimizers)
         was_training = self.model.training
         plan = self.algorithm.plan(ctx)
         self.model.train(was_training)

@@ -42,7 +42,7 @@ def _preset_default(name: str) -> str:
 
 
 def add_parser(subparsers) -> None:
-    from redr.redistribution.registry import ALGORITHMS
+    from redr.redistribution.algorithms.registry import ALGORITHMS
     from redr.sparse.kernels import BACKENDS
 
     d = _field_default

@@ -117,7 +117,7 @@ class RunConfig:
         the messages. ``custom_data``: the trainer was given its own dataset, so the checks that assume the
         named dataset's shape (images or not, input features) are left to the trainer, which has the data.
         """
-        from redr.redistribution.registry import ALGORITHMS, algorithm_options, make_algorithm
+        from redr.redistribution.algorithms.registry import ALGORITHMS, algorithm_options, make_algorithm
         from redr.sparse.distribution import check_density
 
         def bad(msg):
@@ -244,7 +244,7 @@ class RunConfig:
         fan_ins = distribution.fan_ins(layers)
         if self.model != "sparse" or self.algorithm == "none":
             return
-        from redr.redistribution.schedule import RedistributionSchedule
+        from redr.redistribution.mechanism.schedule import RedistributionSchedule
 
         schedule = RedistributionSchedule(self.epochs, self.redistribute_every, self.alpha0, self.end_fraction)
         alpha = max((schedule.alpha(e) for e in schedule.epochs()), default=0.0)

@@ -5,7 +5,7 @@ this is the report's only import of it. The dense baselines are not algorithms: 
 """
 from __future__ import annotations
 
-from redr.redistribution.registry import display_name, names
+from redr.redistribution.algorithms.registry import display_name, names
 
 STATIC = names("static")[0]
 DYNAMIC = names("dynamic")

@@ -1,8 +1,6 @@
 """Block-diagonal empirical Fisher over the active weights, and its inverse (for Redr-Woodfisher/-Woodtaylor).
 
-Layout. The active weights of every sparse layer (its ``values``, in their row-major CSR order) are cut
-into consecutive blocks of ``B`` weights; a layer's last block may be shorter and is padded to ``B``.
-Layers never share a block. All blocks of all layers form one ``(n_blocks, B)`` array (``BlockLayout``).
+Layout. The active weights of every layer are cut into blocks of ``B`` (:mod:`.fisher_blocks`).
 
 Fisher. For every block ``F = lambda * I + (1/m) sum_j g_j g_j^T`` over the ``m`` minibatch gradients
 ``g_j`` seen since the last reset (the gradients training computes anyway; no extra passes). A padded
@@ -19,12 +17,8 @@ against ``torch.linalg.inv`` of the explicit damped Fisher in float64):
   redistribution time the blocks are inverted once, chunk by chunk, with a batched Cholesky in float64;
   ``F^-1`` overwrites ``S`` in place (no second copy). Per step this costs one strided copy of the
   gradient plus ``1/r`` of a batched product; the count ``m`` need not be known in advance.
-* :class:`ShermanMorrisonInverse`: the WoodFisher paper's form, ``F^-1`` kept directly from
-  ``(1/lambda) I`` by one Sherman-Morrison rank-1 update per gradient, batched over all blocks. It needs
-  the number of gradients ``m`` up front (the ``1/m`` is inside every update, as in the reference
-  implementation, which fixes its number of Fisher samples) and full ``B x B`` blocks; a training run
-  knows neither the epoch length in general nor wants float32 rank-1 downdates accumulating rounding over
-  hundreds of steps. It is kept as the reference the fast method is tested against.
+* :class:`~.sherman_morrison.ShermanMorrisonInverse`: the WoodFisher paper's form, ``F^-1`` kept directly
+  by Sherman-Morrison rank-1 updates; kept as the reference the fast method is tested against.
 
 Data parallel. :meth:`BlockFisher.add` is rank-local: it reads the ``.grad`` that DDP has already
 averaged over ranks, so every rank accumulates the same ``S``. :meth:`BlockFisher.inverse` applies the
@@ -35,15 +29,22 @@ the Fisher of all ranks' gradients together.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-#: The WoodFisher reference implementation's default ``--fisher-damp``.
-REFERENCE_DAMPENING = 1e-3
+from redr.redistribution.signals.fisher_blocks import BlockLayout, TrianglePacking
+
+#: Weights per Fisher block: the paper's, for both algorithms and both datasets.
+DEFAULT_BLOCK_SIZE = 34
+
+#: Default dampening ``lambda`` (Redr-Woodfisher's). The WoodFisher reference implementation defaults to 1e-3
+#: for a Fisher of per-sample gradients; ours averages outer products of minibatch-mean gradients, whose noise
+#: part is ~1/batch as large (batch 512 here), so the reference's setting corresponds to ~2e-6. Measured on
+#: Fashion-MNIST (docs/algorithms-woodfisher.md): the induced loss falls steadily from 1e-1 to 1e-8; 1e-6
+#: puts it 3-12x below magnitude removal's at every step of the sweeps, 1e-3 only 1.2-2.8x.
+DEFAULT_DAMPENING = 1e-6
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ def single_threaded(device):
     """Run the enclosed CPU work with one intra-op thread (restored afterwards; no-op on other devices).
 
     The Fisher's work is thousands of tiny independent problems (``B x B`` products and factorisations):
-    torch parallelises each batched call over its blocks and MKL/LAPACK may thread each 34 x 34 call, and on
+    torch parallelises each batched call over its blocks and MKL/LAPACK may thread each ``B x B`` call, and on
     a busy machine the OpenMP threads spin at every barrier while the other thread is descheduled. Measured
     on the 2-core CPU under load: the per-step update took 102 ms of CPU with 2 threads and 10 ms with 1, the
     inversion of 59k blocks 32 s and 2.6 s (benchmarks/woodfisher_cost.py; docs/algorithms-woodfisher.md).
@@ -70,114 +71,6 @@ def single_threaded(device):
         yield
     finally:
         torch.set_num_threads(n)
-
-
-@dataclass(frozen=True)
-class BlockLayout:
-    """Where each layer's active weights sit in the ``(n_blocks, B)`` block array."""
-
-    block_size: int
-    nnz: tuple[int, ...]
-
-    def __post_init__(self):
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if any(n < 0 for n in self.nnz):
-            raise ValueError(f"negative nnz in {self.nnz}")
-
-    @property
-    def blocks_per_layer(self) -> list[int]:
-        return [math.ceil(n / self.block_size) for n in self.nnz]
-
-    @property
-    def block_offsets(self) -> list[int]:
-        """First block of each layer."""
-        out, acc = [], 0
-        for nb in self.blocks_per_layer:
-            out.append(acc)
-            acc += nb
-        return out
-
-    @property
-    def n_blocks(self) -> int:
-        return sum(self.blocks_per_layer)
-
-    def to_blocks(self, vectors: Sequence[torch.Tensor | None], out: torch.Tensor | None = None, dtype=None,
-                  device=None) -> torch.Tensor:
-        """Per-layer 1-D tensors (``None`` = zeros) to the zero-padded ``(n_blocks, B)`` array."""
-        if len(vectors) != len(self.nnz):
-            raise ValueError(f"{len(vectors)} vectors for {len(self.nnz)} layers")
-        if out is None:
-            out = torch.zeros(self.n_blocks, self.block_size, dtype=dtype, device=device)
-        flat = out.view(-1)
-        for v, off, n in zip(vectors, self.block_offsets, self.nnz):
-            if v is None:
-                continue
-            if v.numel() != n:
-                raise ValueError(f"vector of {v.numel()} entries for a layer with nnz {n}")
-            flat[off * self.block_size: off * self.block_size + n].copy_(v.reshape(-1))
-        return out
-
-    def from_blocks(self, blocks: torch.Tensor) -> list[torch.Tensor]:
-        """The ``(n_blocks, B)`` array back to per-layer 1-D views (padding dropped)."""
-        flat = blocks.reshape(-1)
-        return [flat[off * self.block_size: off * self.block_size + n] for off, n in zip(self.block_offsets, self.nnz)]
-
-    def padding_mask(self, device=None) -> torch.Tensor:
-        """``(n_blocks, B)`` bool, True at real (non-padding) slots."""
-        mask = torch.zeros(self.n_blocks, self.block_size, dtype=torch.bool, device=device)
-        return self.to_blocks([torch.ones(n, dtype=torch.bool, device=device) for n in self.nnz], out=mask)
-
-    def write_rows(self, target: torch.Tensor, vectors: Sequence[torch.Tensor | None]) -> None:
-        """Write per-layer vectors into a strided ``(n_blocks, B)`` view (e.g. one row of the gradient buffer).
-
-        Only real slots are written; padding slots keep what they hold (zero in the buffer)."""
-        B = self.block_size
-        for v, off, n in zip(vectors, self.block_offsets, self.nnz):
-            if v is None or n == 0:
-                continue
-            if v.numel() != n:
-                raise ValueError(f"gradient of {v.numel()} entries for a layer with nnz {n}")
-            v = v.reshape(-1)
-            q, rem = divmod(n, B)
-            if q:
-                target[off:off + q].copy_(v[:q * B].view(q, B))
-            if rem:
-                target[off + q, :rem].copy_(v[q * B:])
-
-
-class _Packing:
-    """Index maps between a symmetric ``B x B`` block and its packed upper triangle."""
-
-    _cache: dict = {}
-
-    def __init__(self, B: int, device):
-        iu = torch.triu_indices(B, B, device=device)
-        self.B = B
-        self.upper = (iu[0] * B + iu[1]).contiguous()  # packed k -> flat (i, j), i <= j
-        self.lower = (iu[1] * B + iu[0]).contiguous()  # packed k -> flat (j, i)
-        self.diag = (iu[0] == iu[1]).nonzero().squeeze(1)  # packed positions of the diagonal, in order
-        self.size = self.upper.numel()
-
-    @classmethod
-    def get(cls, B: int, device) -> "_Packing":
-        key = (B, str(device))
-        if key not in cls._cache:
-            cls._cache[key] = cls(B, device)
-        return cls._cache[key]
-
-    def unpack(self, packed: torch.Tensor, dtype=None) -> torch.Tensor:
-        """``(n, P)`` packed to ``(n, B, B)`` symmetric."""
-        n = packed.shape[0]
-        full = torch.empty(n, self.B * self.B, dtype=dtype or packed.dtype, device=packed.device)
-        src = packed.to(full.dtype)
-        full.index_copy_(1, self.lower, src)
-        full.index_copy_(1, self.upper, src)
-        return full.view(n, self.B, self.B)
-
-    def pack(self, full: torch.Tensor, out: torch.Tensor) -> None:
-        """Upper triangle of ``(n, B, B)`` into ``out`` ``(n, P)``."""
-        out.copy_(torch.index_select(full.reshape(full.shape[0], -1), 1, self.upper))
 
 
 def damped_inverse(blocks: torch.Tensor, dampening: float) -> torch.Tensor:
@@ -206,7 +99,7 @@ class BlockInverse:
         self.count = count
         self.dampening = dampening
         self.chunk_blocks = chunk_blocks
-        self._pk = _Packing.get(layout.block_size, packed_inverse.device)
+        self._pk = TrianglePacking.get(layout.block_size, packed_inverse.device)
 
     def diag(self) -> torch.Tensor:
         """``[F^-1]_qq`` as ``(n_blocks, B)``."""
@@ -239,7 +132,7 @@ class BlockFisher:
         track_mean: also keep the sum of the gradients (Woodtaylor needs their mean).
     """
 
-    def __init__(self, block_size: int = 34, dampening: float = REFERENCE_DAMPENING, buffer_steps: int = 8,
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, dampening: float = DEFAULT_DAMPENING, buffer_steps: int = 8,
                  chunk_blocks: int = 1024, track_mean: bool = False):
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -274,13 +167,18 @@ class BlockFisher:
     def matches(self, nnz: Sequence[int]) -> bool:
         return self.layout is not None and self.layout.nnz == tuple(int(n) for n in nnz)
 
+    def ensure_layout(self, nnz: Sequence[int], dtype=None, device=None) -> None:
+        """:meth:`reset` unless the statistics are already for these per-layer nnz."""
+        if not self.matches(nnz):
+            self.reset(nnz, dtype=dtype, device=device)
+
     @property
     def nbytes(self) -> int:
         """Bytes held now (statistics and buffer)."""
         return sum(t.numel() * t.element_size() for t in (self._S, self._buffer, self._grad_sum) if t is not None)
 
     def _allocate(self, buffer: bool = True) -> None:
-        pk = _Packing.get(self.block_size, self._device)
+        pk = TrianglePacking.get(self.block_size, self._device)
         nb = self.layout.n_blocks
         if self._S is None:
             self._S = torch.zeros(nb, pk.size, dtype=self._dtype, device=self._device)
@@ -311,7 +209,7 @@ class BlockFisher:
         """Fold the buffered gradients into ``S`` (one batched rank-``r`` update, chunk by chunk)."""
         if not self._fill:
             return
-        pk = _Packing.get(self.block_size, self._device)
+        pk = TrianglePacking.get(self.block_size, self._device)
         r = self._fill
         with single_threaded(self._device):
             for c in range(0, self.layout.n_blocks, self.chunk_blocks):
@@ -325,7 +223,7 @@ class BlockFisher:
         """The damped Fisher ``lambda I + S / m`` of every block, ``(n_blocks, B, B)`` (tests, small models)."""
         self.flush()
         self._allocate(buffer=False)
-        pk = _Packing.get(self.block_size, self._device)
+        pk = TrianglePacking.get(self.block_size, self._device)
         full = pk.unpack(self._S) / max(self.count, 1)
         full.diagonal(dim1=-2, dim2=-1).add_(self.dampening)
         return full
@@ -353,7 +251,7 @@ class BlockFisher:
             count = int(round(float(all_reduce(torch.tensor([float(count)], dtype=torch.float64,
                                                              device=self._device)).item())))
         m = max(count, 1)
-        pk = _Packing.get(self.block_size, self._device)
+        pk = TrianglePacking.get(self.block_size, self._device)
         S = self._S
         for c in range(0, self.layout.n_blocks, self.chunk_blocks):
             chunk = S[c:c + self.chunk_blocks]
@@ -415,40 +313,3 @@ class BlockFisher:
                 self._allocate()
                 self._buffer[:, :fill] = state["buffer"]
                 self._fill = fill
-
-
-class ShermanMorrisonInverse:
-    """``F^-1`` maintained directly by Sherman-Morrison rank-1 updates, batched over all blocks.
-
-    ``F = lambda I + (1/m) sum_j g_j g_j^T`` with ``m = num_samples`` fixed in advance: starting from
-    ``(1/lambda) I``, each gradient ``g`` updates ``Finv -= (Finv g)(Finv g)^T / (m + g^T Finv g)``
-    (the inverse of ``A + g g^T / m``). Full ``(n_blocks, B, B)`` storage. Reference implementation.
-    """
-
-    def __init__(self, n_blocks: int, block_size: int, dampening: float, num_samples: int, dtype=None, device=None):
-        if num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
-        self.num_samples = num_samples
-        self.seen = 0
-        eye = torch.eye(block_size, dtype=dtype or torch.get_default_dtype(), device=device) / dampening
-        self.inverse = eye.expand(n_blocks, block_size, block_size).clone()
-
-    @torch.no_grad()
-    def update(self, g: torch.Tensor) -> None:
-        """One gradient as ``(n_blocks, B)``."""
-        v = torch.bmm(self.inverse, g.unsqueeze(-1)).squeeze(-1)  # Finv g (Finv symmetric)
-        denom = self.num_samples + (g * v).sum(-1)
-        self.inverse.sub_(v.unsqueeze(-1) * (v / denom.unsqueeze(-1)).unsqueeze(-2))
-        self.seen += 1
-
-    def diag(self) -> torch.Tensor:
-        return self.inverse.diagonal(dim1=-2, dim2=-1)
-
-
-def sherman_morrison_block_inverse(grads: torch.Tensor, dampening: float) -> torch.Tensor:
-    """``(lambda I + (1/m) sum_j g_j g_j^T)^-1`` per block by Sherman-Morrison; ``grads`` is ``(m, n_blocks, B)``."""
-    m, nb, B = grads.shape
-    sm = ShermanMorrisonInverse(nb, B, dampening, m, dtype=grads.dtype, device=grads.device)
-    for g in grads:
-        sm.update(g)
-    return sm.inverse

@@ -22,13 +22,13 @@ class AlgorithmSpec:
 
 
 _SPECS = (
-    AlgorithmSpec("none", "static sparse", "static", "redr.redistribution.base:StaticSparse"),
-    AlgorithmSpec("random", "Redr-Random", "local", "redr.redistribution.random:RedrRandom"),
-    AlgorithmSpec("gradient", "Redr-Gradient", "local", "redr.redistribution.gradient:RedrGradient"),
-    AlgorithmSpec("gradient-global", "Redr-Gradient-Global", "global", "redr.redistribution.gradient:RedrGradientGlobal"),
-    AlgorithmSpec("loss", "Redr-Loss", "local", "redr.redistribution.loss:RedrLoss"),
-    AlgorithmSpec("woodfisher", "Redr-Woodfisher", "global", "redr.redistribution.woodfisher:RedrWoodfisher"),
-    AlgorithmSpec("woodtaylor", "Redr-Woodtaylor", "global", "redr.redistribution.woodfisher:RedrWoodtaylor"),
+    AlgorithmSpec("none", "static sparse", "static", "redr.redistribution.algorithms.static:StaticSparse"),
+    AlgorithmSpec("random", "Redr-Random", "local", "redr.redistribution.algorithms.random:RedrRandom"),
+    AlgorithmSpec("gradient", "Redr-Gradient", "local", "redr.redistribution.algorithms.gradient:RedrGradient"),
+    AlgorithmSpec("gradient-global", "Redr-Gradient-Global", "global", "redr.redistribution.algorithms.gradient:RedrGradientGlobal"),
+    AlgorithmSpec("loss", "Redr-Loss", "local", "redr.redistribution.algorithms.loss:RedrLoss"),
+    AlgorithmSpec("woodfisher", "Redr-Woodfisher", "global", "redr.redistribution.algorithms.woodfisher:RedrWoodfisher"),
+    AlgorithmSpec("woodtaylor", "Redr-Woodtaylor", "global", "redr.redistribution.algorithms.woodfisher:RedrWoodtaylor"),
 )
 
 #: name -> spec, in the paper's order (static sparse first).
