@@ -32,14 +32,6 @@ BASE = ["--dataset", "synthetic", "--train-rows", "256", "--test-rows", "64", "-
         "--epochs", "2", "--density", "0.25", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cli(*args) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``redr train ARGS`` in this process."""
     out, err = io.StringIO(), io.StringIO()

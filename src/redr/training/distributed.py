@@ -346,11 +346,23 @@ def initialize(requested_device: Optional[str] = None, timeout: datetime.timedel
     backend, device = resolve_device(requested_device, env["local_rank"], env["local_world_size"])
     match_threads()
     if not dist.is_initialized():
+        _import_before_the_group()
         dist.init_process_group(backend, init_method="env://", timeout=timeout)
     return DataParallel(device)
 
 
+def _import_before_the_group() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists (call before init_process_group).
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated at import. Imported after
+    init_process_group -- as the first ``torch.optim.Adam`` does, through torch._dynamo -- ten defaults hold the
+    default group, so :func:`shutdown` cannot free it: the gloo group and its threads were destroyed only during
+    interpreter finalization, where a rank sometimes died of ``terminate called without an active exception``."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def shutdown() -> None:
+    """Destroy the process group (freed now, with its gloo threads; see :func:`_import_before_the_group`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -542,6 +554,7 @@ def _spawned(rank, fn, nprocs, port, backend, threads, timeout, args):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     match_threads(threads)
+    _import_before_the_group()
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=nprocs,
                             timeout=timeout)
     try:
