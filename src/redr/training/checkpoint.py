@@ -10,11 +10,23 @@ of the state, in order): ``torch.load`` notices a truncated file but not a flipp
 ``load`` reads the newest checkpoint that loads, matches its checksum and passes the caller's
 validation, and falls back to the previous one with a :class:`CheckpointFallbackWarning` that says
 what is wrong with the newest.
+
+A checkpoint is data, never code. Every read goes through :func:`_deserialize`, the one place a file
+becomes objects: torch's weights-only unpickler, which builds tensors, numbers, strings and containers
+and refuses anything else (a pickled ``os.system`` call is named in the error and never run). The
+checksum cannot protect here: it lives inside the pickle and anyone who can write the file can write a
+matching one, so it guards against corruption only, after the safe load. A checkpoint therefore holds
+only such types; numpy's RNG state is stored as plain values and a tensor (:func:`numpy_rng_state`).
+Format 1 (redr 0.1.0) held numpy's own tuple: such a file is read with exactly numpy's array classes
+allowed (:data:`FORMAT_1_NUMPY`) and nothing else, and converted.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import pickletools
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,7 +39,9 @@ from redr.errors import RedrError, UsageError
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 TEMPORARY = CHECKPOINT + ".tmp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this redr reads (1: numpy's RNG state as numpy's tuple; 2: as plain values, see numpy_rng_state).
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(RedrError):
@@ -125,29 +139,139 @@ def save(directory: str | os.PathLike, state: dict, writer: Optional[Callable] =
     return final
 
 
-# ---------------------------------------------------------------------- reading
+# ---------------------------------------------------------------------- numpy's RNG state as plain values
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as a checkpoint may hold it: plain values and one int64 tensor."""
+    state = np.random.get_state(legacy=False)
+    return {"bit_generator": state["bit_generator"], "key": torch.from_numpy(state["state"]["key"].astype(np.int64)),
+            "pos": int(state["state"]["pos"]), "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    """Restore what :func:`numpy_rng_state` returned (bit for bit)."""
+    np.random.set_state({"bit_generator": state["bit_generator"], "has_gauss": state["has_gauss"],
+                         "gauss": state["gauss"],
+                         "state": {"key": state["key"].cpu().numpy().astype(np.uint32), "pos": state["pos"]}})
+
+
+def _numpy_state_from_format_1(legacy) -> dict:
+    """numpy's ``get_state()`` tuple of a format-1 checkpoint -> the form of :func:`numpy_rng_state`."""
+    if not (isinstance(legacy, tuple) and len(legacy) == 5 and isinstance(legacy[1], np.ndarray)):
+        raise CheckpointError("format-1 checkpoint without numpy's RNG state tuple")
+    name, key, pos, has_gauss, gauss = legacy
+    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+# ---------------------------------------------------------------------- reading: data only, never code
+def _numpy_globals() -> dict:
+    """The classes a format-1 checkpoint's numpy array needs, by the names numpy 1 and 2 pickle them under."""
+    core = np._core if hasattr(np, "_core") else np.core
+    reconstruct, uint32 = core.multiarray._reconstruct, type(np.dtype(np.uint32))  # uint32: the class BUILD sees
+    return {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype, f"{uint32.__module__}.{uint32.__name__}": uint32,
+            "numpy._core.multiarray._reconstruct": reconstruct, "numpy.core.multiarray._reconstruct": reconstruct}
+
+
+#: Everything beyond torch's weights-only defaults that any checkpoint may use: numpy's uint32 array of a
+#: format-1 file's RNG state (building an array from bytes runs no code; format 2 needs none of it).
+FORMAT_1_NUMPY = frozenset(_numpy_globals())
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format; redr never writes anything else
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
+
+
+def _plain_pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` of every global a plain (non-torch) pickle imports, read by disassembly (runs nothing)."""
+    names, stack, memo = [], [], []
+    try:
+        for op, arg, _ in pickletools.genops(path.read_bytes()):
+            if op.name in _STRING_OPS:
+                stack.append(arg)
+            elif op.name == "MEMOIZE" and stack:
+                memo.append(stack[-1])
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg < len(memo):
+                stack.append(memo[arg])
+            elif op.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(stack) >= 2:
+                names.append(f"{stack[-2]}.{stack[-1]}")
+    except Exception:  # not a pickle, or a broken one: what was found so far
+        pass
+    return sorted(set(names))
+
+
+def _not_weights(names) -> CheckpointError:
+    return CheckpointError(f"holds objects that are not weights: {', '.join(names)}; refused, nothing in it "
+                           "was run (a checkpoint is data: tensors, numbers, strings, lists and dicts)")
+
+
+def _unreadable(path: Path, why: str) -> CheckpointError:
+    size = path.stat().st_size if path.exists() else 0
+    return CheckpointError(f"unreadable ({size:,} bytes; {why}): truncated, or not a checkpoint")
+
+
+def _deserialize(path: Path, map_location) -> tuple[object, bool]:
+    """The one place a checkpoint file becomes objects; returns ``(state, used format-1 numpy classes)``.
+
+    Only a torch zip archive is unpickled, by torch's weights-only unpickler (never the unrestricted one):
+    its pickle is first listed (disassembled, nothing runs) and refused if it names any class or function
+    beyond torch's tensors and :data:`FORMAT_1_NUMPY`; the unpickler refuses the same at load time.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_ZIP_MAGIC))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise _unreadable(path, f"{type(exc).__name__}: {_first_line(exc)}") from None
+    if head != _ZIP_MAGIC:
+        names = _plain_pickle_globals(path)
+        raise _not_weights(names) if names else _unreadable(path, "not a torch zip archive")
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception as exc:
+        raise _unreadable(path, f"{type(exc).__name__}: {_first_line(exc)}") from None
+    if unsafe - FORMAT_1_NUMPY:
+        raise _not_weights(sorted(unsafe - FORMAT_1_NUMPY))
+    allowed = [(obj, name) for name, obj in _numpy_globals().items()] if unsafe else []
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True), bool(allowed)
+    except Exception as exc:
+        refused = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if refused:  # a global the listing could not see (named at load time); refused by the unpickler
+            raise _not_weights([refused.group(1)]) from None
+        raise _unreadable(path, f"{type(exc).__name__}: {_first_line(exc)}") from None  # truncated, not torch's
+
+
 def read(path: str | os.PathLike, map_location="cpu") -> dict:
-    """One checkpoint file, checked for format and checksum (no fallback)."""
+    """One checkpoint file, loaded as data only and checked for format and checksum (no fallback).
+
+    A format-1 file comes back in the current format (numpy's RNG state as :func:`numpy_rng_state` gives it).
+    """
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state, numpy_used = _deserialize(path, map_location)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except Exception as exc:  # torch/zip/pickle errors: truncated or not a torch file at all
-        size = path.stat().st_size if path.exists() else 0
-        raise CheckpointError(f"unreadable ({size:,} bytes; {type(exc).__name__}: {_first_line(exc)}): "
-                              "truncated, or not a checkpoint") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError("not a redr checkpoint (no format_version)")
     version = state["format_version"]
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise CheckpointError(f"checkpoint format version {version!r}; this redr reads version {FORMAT_VERSION}"
+        raise CheckpointError(f"checkpoint format version {version!r}; this redr reads versions "
+                              f"{READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}"
                               + (" (written by a newer redr: upgrade redr)" if newer else ""))
+    if numpy_used and version != 1:
+        raise CheckpointError(f"holds numpy arrays, which only format-1 checkpoints may (format {version!r} "
+                              "stores numpy's RNG state as plain values); refused")
     if "digest" not in state:
         raise CheckpointError("no content checksum (not written by redr's checkpoint.save)")
     if content_digest(state) != state["digest"]:
         raise CheckpointError("content checksum mismatch: the file is corrupt (changed after it was written)")
+    if version == 1 and isinstance(state.get("rng"), dict):
+        state["rng"] = {**state["rng"], "numpy": _numpy_state_from_format_1(state["rng"].get("numpy"))}
+        state["format_version"] = FORMAT_VERSION
     return state
 
 

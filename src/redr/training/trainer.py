@@ -378,7 +378,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "redistributor": self.redistributor.state_dict() if self.redistributor else None,
             "generators": {k: g.get_state() for k, g in self.generators.items()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": checkpoint.numpy_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "metrics": self.metrics,
         }
@@ -391,7 +391,7 @@ class Trainer:
         for k, g in self.generators.items():  # generator states are CPU tensors whatever map_location was
             g.set_state(state["generators"][k].cpu())
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        np.random.set_state(state["rng"]["numpy"])
+        checkpoint.set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from redr.errors import UsageError
 from redr.runtime import configure_threads
 from redr.training.distributed.collectives import DataParallel
-from redr.training.distributed.process import shutdown
+from redr.training.distributed.process import import_before_the_group, shutdown
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -82,6 +82,7 @@ def _spawned(rank, fn, nprocs, port, backend, threads, timeout, args):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nprocs),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     configure_threads(threads)
+    import_before_the_group()
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=nprocs,
                             timeout=timeout)
     try:

@@ -60,11 +60,23 @@ def initialize(requested_device: Optional[str] = None, timeout: datetime.timedel
     # torchrun's OMP_NUM_THREADS (1) for torch and numba alike: N processes must not each use every core
     configure_threads(torch.get_num_threads())
     if not dist.is_initialized():
+        import_before_the_group()
         dist.init_process_group(backend, init_method="env://", timeout=timeout)
     return DataParallel(device)
 
 
+def import_before_the_group() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists (call before init_process_group).
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated at import. Imported after
+    init_process_group -- as the first ``torch.optim.Adam`` does, through torch._dynamo -- ten defaults hold the
+    default group, so :func:`shutdown` cannot free it: the gloo group and its threads were destroyed only during
+    interpreter finalization, where a rank sometimes died of ``terminate called without an active exception``."""
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def shutdown() -> None:
+    """Destroy the process group (freed now, with its gloo threads; see :func:`import_before_the_group`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
