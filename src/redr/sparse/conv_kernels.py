@@ -20,6 +20,52 @@ import torch.nn.functional as F
 
 from redr.sparse import kernels
 
+if kernels.HAVE_NUMBA:
+    import numpy as np
+    from numba import njit, prange
+
+    # torch's CPU unfold/fold plus the transposing copy into the kernels' layout measured 0.6 s / 0.2 s on the
+    # issue's shape (128 x 64 x 14 x 14, 3x3) on 2 cores; these write that layout directly, ~20x faster.
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _im2col_numba(x, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, colsT):  # pragma: no cover - compiled
+        """``colsT[(c, i, j), (n, oh, ow)] = x[n, c, oh * sh - ph + i * dh, ow * sw - pw + j * dw]`` (0 outside)."""
+        batch, channels, height, width = x.shape
+        positions = out_h * out_w
+        for row in prange(channels * kh * kw):
+            c, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+            dst = colsT[row]
+            for n in range(batch):
+                for oh in range(out_h):
+                    ih = oh * sh - ph + i * dh
+                    base = n * positions + oh * out_w
+                    if ih < 0 or ih >= height:
+                        dst[base:base + out_w] = 0.0
+                        continue
+                    for ow in range(out_w):
+                        iw = ow * sw - pw + j * dw
+                        dst[base + ow] = x[n, c, ih, iw] if 0 <= iw < width else 0.0
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _col2im_numba(colsT, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, gx):  # pragma: no cover - compiled
+        """The adjoint of :func:`_im2col_numba`: ``gx`` (zeroed) accumulates every column entry; one channel per job."""
+        batch, channels, height, width = gx.shape
+        positions = out_h * out_w
+        for c in prange(channels):
+            for i in range(kh):
+                for j in range(kw):
+                    src = colsT[(c * kh + i) * kw + j]
+                    for n in range(batch):
+                        for oh in range(out_h):
+                            ih = oh * sh - ph + i * dh
+                            if ih < 0 or ih >= height:
+                                continue
+                            base = n * positions + oh * out_w
+                            for ow in range(out_w):
+                                iw = ow * sw - pw + j * dw
+                                if 0 <= iw < width:
+                                    gx[n, c, ih, iw] += src[base + ow]
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -36,13 +82,28 @@ class ConvGeometry:
             sizes.append((n + 2 * p - d * (k - 1) - 1) // s + 1)
         return sizes[0], sizes[1]
 
-    def unfold(self, x: torch.Tensor) -> torch.Tensor:
+    def _numba_args(self, height: int, width: int) -> tuple:
+        return (*self.kernel, *self.stride, *self.padding, *self.dilation, *self.output_size(height, width))
+
+    def unfold(self, x: torch.Tensor, backend: str = "torch") -> torch.Tensor:
         """``(C * kh * kw, N * L)`` columns of ``x`` (contiguous, feature-major)."""
+        if backend == "numba" and x.dtype == torch.float32:
+            x = x.detach().contiguous()
+            batch, channels, height, width = x.shape
+            out_h, out_w = self.output_size(height, width)
+            colsT = x.new_empty(channels * self.kernel[0] * self.kernel[1], batch * out_h * out_w)
+            _im2col_numba(x.numpy(), *self._numba_args(height, width), colsT.numpy())
+            return colsT
         cols = F.unfold(x, self.kernel, self.dilation, self.padding, self.stride)  # (N, K, L)
         return cols.transpose(0, 1).reshape(cols.shape[1], -1)
 
-    def fold(self, colsT: torch.Tensor, batch: int, size: tuple[int, int]) -> torch.Tensor:
+    def fold(self, colsT: torch.Tensor, batch: int, size: tuple[int, int], backend: str = "torch") -> torch.Tensor:
         """The adjoint of :meth:`unfold`: ``(K, N * L)`` columns summed back into ``(N, C, H, W)``."""
+        channels = colsT.shape[0] // (self.kernel[0] * self.kernel[1])
+        if backend == "numba" and colsT.dtype == torch.float32:
+            gx = colsT.new_zeros(batch, channels, *size)
+            _col2im_numba(colsT.contiguous().numpy(), *self._numba_args(*size), gx.numpy())
+            return gx
         cols = colsT.view(colsT.shape[0], batch, -1).transpose(0, 1)
         return F.fold(cols, size, self.kernel, self.dilation, self.padding, self.stride)
 
@@ -61,7 +122,7 @@ class SparseConv2dFunction(torch.autograd.Function):
         out_h, out_w = geometry.output_size(height, width)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"input {tuple(x.shape)} is smaller than the kernel ({geometry})")
-        colsT = geometry.unfold(x)
+        colsT = geometry.unfold(x, backend)
         yT = kernels.spmm(layout.crow, layout.col, values, colsT, layout.shape, bias, backend)
         ctx.save_for_backward(colsT, values)
         ctx.layout, ctx.backend, ctx.geometry, ctx.has_bias = layout, backend, geometry, bias is not None
@@ -77,7 +138,7 @@ class SparseConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             out_f, in_f = layout.shape
             gcolsT = kernels.spmm(layout.crow_t, layout.row_t, values[layout.perm_t], gT, (in_f, out_f), None, backend)
-            grad_x = ctx.geometry.fold(gcolsT, *ctx.input_size)
+            grad_x = ctx.geometry.fold(gcolsT, *ctx.input_size, backend)
         if ctx.needs_input_grad[1]:
             grad_values = kernels.sddmm(layout.crow, layout.col, gT, colsT, layout.shape, backend)
         if ctx.has_bias and ctx.needs_input_grad[2]:

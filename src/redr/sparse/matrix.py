@@ -199,11 +199,16 @@ class SparseMatrixModule(nn.Module):
     # ----------------------------------------------------------------- state dict
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         """Accept a different nnz (topologies change during training) and rebuild the transposed structure."""
-        from redr.sparse.validate import validate_csr
+        from redr.sparse.validate import CorruptSparseStateError, validate_csr
 
         crow, col, values = (state_dict.get(prefix + k) for k in ("crow", "col", "values"))
         if crow is not None and col is not None and values is not None:
-            validate_csr(crow, col, values, (self.out_features, self.in_features), name=prefix.rstrip(".") or "layer")
+            name = prefix.rstrip(".") or "layer"
+            if crow.dim() == 1 and crow.numel() != self.out_features + 1:
+                raise CorruptSparseStateError(
+                    f"{name}: the saved layer has {crow.numel() - 1} output rows, this {type(self).__name__} has "
+                    f"{self.out_features}: the state dict is of another architecture; load it into a model built the same way")
+            validate_csr(crow, col, values, (self.out_features, self.in_features), name=name)
             self.values.data = self.values.new_empty(values.shape)
             self.crow = self.crow.new_empty(crow.shape, dtype=crow.dtype)
             self.col = self.col.new_empty(col.shape, dtype=col.dtype)
