@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from redr.errors import UsageError
+from redr.sparse.conv_net import build_cnn
 from redr.sparse.convert import build_mlp
 from redr.sparse.layer import SparseLinear
 from redr.sparse.matrix import SparseMatrixModule
@@ -51,6 +52,11 @@ def _model_for(state: dict) -> tuple[nn.Module, RunConfig]:
     if config.model not in MODEL_KINDS:
         raise checkpoint.CheckpointError(f"unknown model kind {config.model!r} in the checkpoint's config")
     try:  # the one validation of density / distribution / fan-in, and the layers they give
+        if config.arch == "cnn":  # --arch cnn: sizes are [features, outputs]
+            model = build_cnn(sizes[0], sizes[-1], dense_last=bool(config.dense_last),
+                              distribution=config.layer_distribution() if config.model == "sparse" else None,
+                              generator=torch.Generator().manual_seed(0))
+            return model, config
         model = build_mlp(sizes, dense_last=bool(config.dense_last),
                           distribution=config.layer_distribution() if config.model == "sparse" else None,
                           generator=torch.Generator().manual_seed(0),
