@@ -190,3 +190,18 @@ def test_checkpoint_of_another_architecture_is_refused():
     other = redr.sparsify(SmallCNN(channels=(1, 4, 5)), density=0.3)
     with pytest.raises(ValueError, match="conv2: the saved layer has 6 output rows.*another architecture"):
         other.load_state_dict(trained.state_dict())
+
+
+def test_bench_layer_times_conv_shapes(tmp_path, capsys):
+    import json
+
+    from redr.cli import main
+
+    out = tmp_path / "layer.jsonl"
+    assert main(["bench", "layer", "--quick", "--shapes", "16x8", "--conv-shapes", "4x6x3x6", "--densities", "0.5",
+                 "--batches", "4", "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    conv = [r for r in records if r["kind"] == "conv-time"]
+    assert len(conv) == 1 and conv[0]["config"]["conv"] == "4x6x3x6" and conv[0]["results"]["conv2d_ms"] > 0
+    assert conv[0]["ratios"]["torch"] == pytest.approx(conv[0]["results"]["conv2d_ms"] / conv[0]["results"]["torch_ms"], rel=1e-2)
+    assert "nn.Conv2d ms / sparse ms" in capsys.readouterr().out

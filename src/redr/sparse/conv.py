@@ -72,6 +72,8 @@ class SparseConv2d(SparseMatrixModule):
         if (density is None) == (topology is None):
             raise ValueError("give a SparseConv2d either a density or a topology (rows, cols)")
         self.in_channels, self.out_channels, self.geometry = in_channels, out_channels, geometry
+        # nn.Conv2d's attribute names, for code that reads them
+        self.kernel_size, self.stride, self.padding, self.dilation = geometry.kernel, geometry.stride, geometry.padding, geometry.dilation
         if topology is None:
             shape = LayerShape(name, out_channels, in_channels, (kh, kw))
             fan_in = layer_fan_in(shape, density=check_density(density, "density"), asked=f"density={density}",
@@ -84,22 +86,6 @@ class SparseConv2d(SparseMatrixModule):
                       **options) -> "SparseConv2d":
         """A layer whose active matrix entries are exactly at ``(rows[i], cols[i])`` (options as for the constructor)."""
         return cls(in_channels, out_channels, kernel_size, topology=(rows, cols), **options)
-
-    @property
-    def kernel_size(self) -> tuple[int, int]:
-        return self.geometry.kernel
-
-    @property
-    def stride(self) -> tuple[int, int]:
-        return self.geometry.stride
-
-    @property
-    def padding(self) -> tuple[int, int]:
-        return self.geometry.padding
-
-    @property
-    def dilation(self) -> tuple[int, int]:
-        return self.geometry.dilation
 
     def to_dense(self) -> torch.Tensor:
         """The ``(out_channels, in_channels, kh, kw)`` weight, zeros at inactive positions."""
