@@ -54,9 +54,8 @@ def _direct_grad_input(crow, col, vals, g, gx):  # pragma: no cover - compiled
                 c, i, j, lo, hi = _tap(col[k], width, ow_n)
                 w = vals[k]
                 for oh in range(max(0, PAD - i), min(oh_n, height + PAD - i)):
-                    row = gx[n, c, oh - PAD + i]
                     for ow in range(lo, hi):
-                        row[ow - PAD + j] += w * g[n, o, oh, ow]
+                        gx[n, c, oh - PAD + i, ow - PAD + j] += w * g[n, o, oh, ow]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -69,9 +68,8 @@ def _direct_grad_values(crow, col, g, x, out):  # pragma: no cover - compiled
             acc = numba.float32(0.0)
             for n in range(n_b):
                 for oh in range(max(0, PAD - i), min(oh_n, height + PAD - i)):
-                    src = x[n, c, oh - PAD + i]
                     for ow in range(lo, hi):
-                        acc += g[n, o, oh, ow] * src[ow - PAD + j]
+                        acc += g[n, o, oh, ow] * x[n, c, oh - PAD + i, ow - PAD + j]
             out[k] = acc
 
 

@@ -5,7 +5,8 @@ positions), feature-major like the activations of :mod:`redr.sparse.kernels`, an
 sparse matrix ``W`` times those columns:
 
 * forward        ``yT = W @ colsT (+ b)``                 (SpMM, ``(out, N * L)``)
-* grad input     ``fold(W.T @ gT)``                        (SpMM with the transposed CSR, then ``F.fold``)
+* grad input     ``fold(W.T @ gT)``     (numba: the transposed CSR scattered straight into the image; torch:
+                 SpMM with the transposed CSR, then ``F.fold``)
 * grad values    ``<gT[o, :], colsT[c, :]>`` at the active ``(o, c)`` only   (SDDMM)
 
 so the numba kernels (CPU) and torch's CSR ops (CUDA) of the linear layer serve both layers. The unfolded
@@ -21,11 +22,18 @@ import torch.nn.functional as F
 from redr.sparse import kernels
 
 if kernels.HAVE_NUMBA:
-    import numpy as np
     from numba import njit, prange
 
     # torch's CPU unfold/fold plus the transposing copy into the kernels' layout measured 0.6 s / 0.2 s on the
-    # issue's shape (128 x 64 x 14 x 14, 3x3) on 2 cores; these write that layout directly, ~20x faster.
+    # issue's shape (128 x 64 x 14 x 14, 3x3) on 2 cores; im2col writes that layout directly, and the input
+    # gradient never materialises the unfolded gradient (W.T @ gT is scattered straight into the image).
+
+    @njit(cache=True)
+    def _reach(n_in, n_out, s, p, d, t):  # pragma: no cover - compiled
+        """Outputs ``o`` in ``[lo, hi)`` whose input ``o * s - p + t * d`` (kernel tap ``t``) lies in ``[0, n_in)``."""
+        lo = max(0, (p - t * d + s - 1) // s)
+        hi = min(n_out, (n_in - 1 + p - t * d) // s + 1)
+        return lo, max(lo, hi)
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _im2col_numba(x, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, colsT):  # pragma: no cover - compiled
@@ -34,37 +42,40 @@ if kernels.HAVE_NUMBA:
         positions = out_h * out_w
         for row in prange(channels * kh * kw):
             c, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+            h_lo, h_hi = _reach(height, out_h, sh, ph, dh, i)
+            w_lo, w_hi = _reach(width, out_w, sw, pw, dw, j)
             dst = colsT[row]
             for n in range(batch):
                 for oh in range(out_h):
-                    ih = oh * sh - ph + i * dh
                     base = n * positions + oh * out_w
-                    if ih < 0 or ih >= height:
+                    if oh < h_lo or oh >= h_hi:
                         dst[base:base + out_w] = 0.0
                         continue
-                    for ow in range(out_w):
-                        iw = ow * sw - pw + j * dw
-                        dst[base + ow] = x[n, c, ih, iw] if 0 <= iw < width else 0.0
+                    dst[base:base + w_lo] = 0.0
+                    dst[base + w_hi:base + out_w] = 0.0
+                    ih = oh * sh - ph + i * dh
+                    for ow in range(w_lo, w_hi):
+                        dst[base + ow] = x[n, c, ih, ow * sw - pw + j * dw]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _col2im_numba(colsT, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, gx):  # pragma: no cover - compiled
-        """The adjoint of :func:`_im2col_numba`: ``gx`` (zeroed) accumulates every column entry; one channel per job."""
+    def _grad_input_numba(crow_t, row_t, vals_t, gT, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, gx):  # pragma: no cover
+        """``gx`` (zeroed) ``= fold(W.T @ gT)`` without the unfolded ``(K, N * L)`` intermediate; one channel per job."""
         batch, channels, height, width = gx.shape
         positions = out_h * out_w
         for c in prange(channels):
             for i in range(kh):
+                h_lo, h_hi = _reach(height, out_h, sh, ph, dh, i)
                 for j in range(kw):
-                    src = colsT[(c * kh + i) * kw + j]
-                    for n in range(batch):
-                        for oh in range(out_h):
-                            ih = oh * sh - ph + i * dh
-                            if ih < 0 or ih >= height:
-                                continue
-                            base = n * positions + oh * out_w
-                            for ow in range(out_w):
-                                iw = ow * sw - pw + j * dw
-                                if 0 <= iw < width:
-                                    gx[n, c, ih, iw] += src[base + ow]
+                    w_lo, w_hi = _reach(width, out_w, sw, pw, dw, j)
+                    r = (c * kh + i) * kw + j
+                    for e in range(crow_t[r], crow_t[r + 1]):
+                        w, src = vals_t[e], gT[row_t[e]]
+                        for n in range(batch):
+                            for oh in range(h_lo, h_hi):
+                                ih = oh * sh - ph + i * dh
+                                base = n * positions + oh * out_w
+                                for ow in range(w_lo, w_hi):
+                                    gx[n, c, ih, ow * sw - pw + j * dw] += w * src[base + ow]
 
 
 @dataclass(frozen=True)
@@ -97,15 +108,23 @@ class ConvGeometry:
         cols = F.unfold(x, self.kernel, self.dilation, self.padding, self.stride)  # (N, K, L)
         return cols.transpose(0, 1).reshape(cols.shape[1], -1)
 
-    def fold(self, colsT: torch.Tensor, batch: int, size: tuple[int, int], backend: str = "torch") -> torch.Tensor:
+    def fold(self, colsT: torch.Tensor, batch: int, size: tuple[int, int]) -> torch.Tensor:
         """The adjoint of :meth:`unfold`: ``(K, N * L)`` columns summed back into ``(N, C, H, W)``."""
-        channels = colsT.shape[0] // (self.kernel[0] * self.kernel[1])
-        if backend == "numba" and colsT.dtype == torch.float32:
-            gx = colsT.new_zeros(batch, channels, *size)
-            _col2im_numba(colsT.contiguous().numpy(), *self._numba_args(*size), gx.numpy())
-            return gx
         cols = colsT.view(colsT.shape[0], batch, -1).transpose(0, 1)
         return F.fold(cols, size, self.kernel, self.dilation, self.padding, self.stride)
+
+    def grad_input(self, layout, values: torch.Tensor, gT: torch.Tensor, batch: int, size: tuple[int, int],
+                   backend: str) -> torch.Tensor:
+        """``fold(W.T @ gT)``: the input gradient from the output gradient ``gT`` (``(out, N * L)``)."""
+        out_f, in_f = layout.shape
+        vals_t = values[layout.perm_t]
+        if backend == "numba" and gT.dtype == torch.float32:
+            gx = gT.new_zeros(batch, in_f // (self.kernel[0] * self.kernel[1]), *size)
+            _grad_input_numba(layout.crow_t.numpy(), layout.row_t.numpy(), vals_t.detach().numpy(), gT.numpy(),
+                              *self._numba_args(*size), gx.numpy())
+            return gx
+        gcolsT = kernels.spmm(layout.crow_t, layout.row_t, vals_t, gT, (in_f, out_f), None, backend)
+        return self.fold(gcolsT, batch, size)
 
 
 def channel_major(y: torch.Tensor) -> torch.Tensor:
@@ -136,9 +155,7 @@ class SparseConv2dFunction(torch.autograd.Function):
         gT = channel_major(grad_out)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            out_f, in_f = layout.shape
-            gcolsT = kernels.spmm(layout.crow_t, layout.row_t, values[layout.perm_t], gT, (in_f, out_f), None, backend)
-            grad_x = ctx.geometry.fold(gcolsT, *ctx.input_size, backend)
+            grad_x = ctx.geometry.grad_input(layout, values, gT, *ctx.input_size, backend)
         if ctx.needs_input_grad[1]:
             grad_values = kernels.sddmm(layout.crow, layout.col, gT, colsT, layout.shape, backend)
         if ctx.has_bias and ctx.needs_input_grad[2]:
