@@ -20,6 +20,7 @@ _EXPORTS = {
     "Redistributor": "redr.redistribution",
     "make_algorithm": "redr.redistribution",
     "RunConfig": "redr.training.config",
+    "SparseConv2d": "redr.sparse",
     "SparseLinear": "redr.sparse",
     "Trainer": "redr.training.trainer",
     "train": "redr.training.api",
@@ -27,7 +28,8 @@ _EXPORTS = {
     "count_weights": "redr.sparse.convert",
     "parameter_equivalent_sizes": "redr.sparse.convert",
     "sparse_layers": "redr.sparse.convert",
-    "sparsify": "redr.sparse.convert",
+    "sparsify": "redr.sparse.sparsify",
+    "sparsity_summary": "redr.sparse.sparsify",
     "export_dense_state_dict": "redr.inference",
     "load_checkpoint": "redr.inference",
 }

@@ -9,8 +9,9 @@ no duplicate indices, finite values) and raises a :class:`~redr.training.checkpo
 that names the file and the problem. The model outputs logits: ``softmax`` for the image datasets,
 ``sigmoid`` of the single output for HIGGS.
 
-``export_dense_state_dict`` turns every :class:`~redr.sparse.SparseLinear` into the ``weight`` (zeros
-at inactive positions) and ``bias`` of an ``nn.Linear`` of the same shape; other entries are copied.
+``export_dense_state_dict`` turns every :class:`~redr.sparse.SparseLinear` (:class:`~redr.sparse.SparseConv2d`)
+into the ``weight`` (zeros at inactive positions) and ``bias`` of an ``nn.Linear`` (``nn.Conv2d``) of the
+same shape; other entries are copied.
 The result loads into the dense MLP of the same layer sizes (``nn.Sequential`` of ``nn.Linear`` and
 ``nn.ReLU`` with the same indices), e.g. built by :func:`dense_mlp`.
 """
@@ -23,8 +24,10 @@ import torch
 from torch import nn
 
 from redr.errors import UsageError
+from redr.sparse.conv_net import build_cnn
 from redr.sparse.convert import build_mlp
 from redr.sparse.layer import SparseLinear
+from redr.sparse.matrix import SparseMatrixModule
 from redr.training import checkpoint
 from redr.training.config import MODEL_KINDS, RunConfig
 from redr.training.resume import validate_model_state
@@ -49,6 +52,11 @@ def _model_for(state: dict) -> tuple[nn.Module, RunConfig]:
     if config.model not in MODEL_KINDS:
         raise checkpoint.CheckpointError(f"unknown model kind {config.model!r} in the checkpoint's config")
     try:  # the one validation of density / distribution / fan-in, and the layers they give
+        if config.arch == "cnn":  # --arch cnn: sizes are [features, outputs]
+            model = build_cnn(sizes[0], sizes[-1], dense_last=bool(config.dense_last),
+                              distribution=config.layer_distribution() if config.model == "sparse" else None,
+                              generator=torch.Generator().manual_seed(0))
+            return model, config
         model = build_mlp(sizes, dense_last=bool(config.dense_last),
                           distribution=config.layer_distribution() if config.model == "sparse" else None,
                           generator=torch.Generator().manual_seed(0),
@@ -80,13 +88,13 @@ def load_checkpoint(path_or_dir: str | os.PathLike, device="cpu") -> LoadedCheck
 
 @torch.no_grad()
 def export_dense_state_dict(source: nn.Module | str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A plain state dict in which every sparse layer is an ``nn.Linear`` (``weight``, ``bias``).
+    """A plain state dict in which every sparse layer is an ``nn.Linear`` or ``nn.Conv2d`` (``weight``, ``bias``).
 
     ``source``: a model, or a checkpoint file / run directory (loaded with :func:`load_checkpoint`).
     Tensors are copies (on the model's device); entry order follows the model's own state dict.
     """
     model = source if isinstance(source, nn.Module) else load_checkpoint(source).model
-    sparse = {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+    sparse = {name: m for name, m in model.named_modules() if isinstance(m, SparseMatrixModule)}
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         prefix, _, leaf = key.rpartition(".")

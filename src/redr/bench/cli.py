@@ -25,6 +25,15 @@ def _shapes(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _conv_shapes(text: str):
+    from redr.bench.conv_layer import parse_conv_shapes
+
+    try:
+        return parse_conv_shapes(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _batches(text: str) -> list[int]:
     try:
         return [positive_int(v) for v in comma_list()(text)]
@@ -55,6 +64,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nets", type=comma_list(), default=None, help="epoch: higgs,kmnist,wide (default all); memory: default wide")
     p.add_argument("--shapes", type=_shapes, default=None, help="layer: INxOUT list (default 784x256,256x256,4096x4096)")
     p.add_argument("--batches", type=_batches, default=None, help="layer: batch sizes (default 128,512)")
+    p.add_argument("--conv-shapes", type=_conv_shapes, default=None,
+                   help="layer: convolutions INxOUTxKERNELxSIDE (default 64x64x3x14 at batch 128; run when --shapes is not given)")
     p.add_argument("--backends", type=comma_list(), default=None, help="layer: sparse backends (default numba,torch,dense,auto; "
                                                                   "numba only on the CPU)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,

@@ -1,4 +1,5 @@
-"""``redr bench layer``: one forward+backward of a :class:`~redr.sparse.SparseLinear` vs ``nn.Linear``.
+"""``redr bench layer``: one forward+backward of a :class:`~redr.sparse.SparseLinear` vs ``nn.Linear``
+(and of a :class:`~redr.sparse.SparseConv2d` vs ``nn.Conv2d``: :mod:`redr.bench.conv_layer`).
 
 For every shape (in x out), density and batch size the dense layer and the sparse layer under each
 backend are timed *in the same loop*: each round runs dense, then every backend once, so a change in
@@ -16,13 +17,13 @@ transposed companion), against a dense weight + its grad (biases, equal on both 
 from __future__ import annotations
 
 import gc
-import time
 
 import torch
 from torch import nn
 
-from redr.bench.common import (JsonLines, environment, format_table, make_record, median, mib, print_flush, ratio, rounded,
-                               spread, sync)
+from redr.bench.common import JsonLines, environment, format_table, make_record, median, mib, print_flush, ratio, rounded, spread
+from redr.bench.conv_layer import run_conv
+from redr.bench.timing import time_layers
 from redr.sparse import SparseLinear, kernels
 
 SHAPES = [(784, 256), (256, 256), (4096, 4096)]
@@ -46,13 +47,6 @@ def available_backends(device: torch.device, requested=None) -> list[str]:
             continue
         out.append(name)
     return out
-
-
-def _step(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> None:
-    x.grad = None
-    for p in layer.parameters():
-        p.grad = None
-    layer(x).backward(grad_out)
 
 
 def persistent_bytes(sparse: SparseLinear, dense: nn.Linear) -> dict:
@@ -91,15 +85,7 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                                                 backend=name, device=device)
                 x = torch.randn(batch, in_f, generator=gen).to(device).requires_grad_()
                 grad_out = torch.randn(batch, out_f, generator=gen).to(device)
-                times = {name: [] for name in layers}
-                for round_ in range(warmup + repeats):
-                    for name, layer in layers.items():
-                        sync(device)
-                        start = time.perf_counter()
-                        _step(layer, x, grad_out)
-                        sync(device)
-                        if round_ >= warmup:
-                            times[name].append((time.perf_counter() - start) * 1e3)
+                times = time_layers(layers, x, grad_out, warmup, repeats, device)
                 dense_ms = median(times[LINEAR])
                 some = next(iter(l for n, l in layers.items() if n != LINEAR), None)
                 config = {"in_features": in_f, "out_features": out_f, "density": density, "batch": batch,
@@ -145,4 +131,6 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
     print_flush(format_table(headers, table))
     print_flush("\npersistent memory (MiB): sparse values + grad + indices vs dense weight + grad (biases left out)")
     print_flush(format_table(["shape", "density", "nnz", "values", "grad", "indices", "sparse", "dense", "ratio"], mem_table))
+    if args.shapes is None or getattr(args, "conv_shapes", None):  # convolutions (issue 17)
+        records += run_conv(args, device, out, backends, env, repeats, warmup, densities)
     return records

@@ -1,4 +1,4 @@
-"""Build the paper's MLPs and convert a user's ``nn.Linear`` model into a sparse one."""
+"""Build the paper's MLPs; list and count a model's sparse layers (converting a user's model: :mod:`redr.sparse.sparsify`)."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -10,49 +10,14 @@ from redr.errors import UsageError
 from redr.sparse.distribution import LayerShape, make_distribution
 from redr.sparse.init import init_dense_linear_
 from redr.sparse.layer import SparseLinear
+from redr.sparse.matrix import SparseMatrixModule
+from redr.sparse.sparsify import sparsify  # noqa: F401  (its home before convolutions; kept importable here)
 from redr.sparse.topology import partitioned_topology
 
 
 def sparse_layers(model: nn.Module) -> list[tuple[str, SparseLinear]]:
     """The model's sparse layers with their names, in definition order (the order of every algorithm)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLinear)]
-
-
-def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterable[str] = (),
-             generator: torch.Generator | None = None, copy_weights: bool = False, backend: str = "auto", *,
-             distribution=None, fan_in: int | None = None) -> nn.Module:
-    """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`SparseLinear` of the same shape.
-
-    The topology: ``density`` (uniform), ``distribution`` (``"uniform"`` or ``"erk"`` with ``density``, a
-    :class:`~redr.sparse.distribution.Distribution`, or ``{layer name: density or fan-in}``) or
-    ``fan_in=K`` (K inputs per neuron); see :func:`~redr.sparse.distribution.make_distribution`.
-    ``keep_dense`` names modules (as in ``model.named_modules()``) that stay dense, e.g. the paper's
-    HIGGS output layer; they are outside the distribution's budget. With ``copy_weights`` the sparse
-    values are taken from the dense weights at the drawn positions (and the bias is copied); otherwise
-    the paper's init is used.
-    """
-    chosen = make_distribution(distribution, density, fan_in)
-    if chosen is None:
-        raise UsageError("sparsify needs a density, a fan_in or a distribution (none given)")
-    keep = set(keep_dense)
-    names = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    unknown = keep - names
-    if unknown:
-        raise ValueError(f"keep_dense names no nn.Linear of the model: {sorted(unknown)}; linear layers are {sorted(names)}")
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in keep]
-    shapes = [LayerShape(name, m.out_features, m.in_features) for name, m in targets]
-    for (name, module), shape, k in zip(targets, shapes, chosen.fan_ins(shapes)):
-        sparse = _sparse_linear(shape, k, generator, bias=module.bias is not None, backend=backend,
-                                device=module.weight.device, dtype=module.weight.dtype)
-        if copy_weights:
-            with torch.no_grad():
-                rows, cols = sparse.indices
-                sparse.values.copy_(module.weight[rows, cols])
-                if module.bias is not None:
-                    sparse.bias.copy_(module.bias)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
-    return model
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, SparseMatrixModule)]
 
 
 def _sparse_linear(shape: LayerShape, fan_in: int, generator, **options) -> SparseLinear:
@@ -113,9 +78,9 @@ def count_weights(model: nn.Module) -> int:
     """
     total = 0
     for module in model.modules():
-        if isinstance(module, SparseLinear):
+        if isinstance(module, SparseMatrixModule):
             total += module.nnz
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
             total += module.weight.numel()
     return total
 

@@ -60,6 +60,8 @@ def add_parser(subparsers) -> None:
     a("--distribution", choices=list(DISTRIBUTIONS), help="how --density is spread over the sparse layers: uniform "
                                                           f"(the paper's) or erk (RigL's Erdős–Rényi) (default {d('distribution')})")
     a("--fan-in", type=integer, help="instead of --density: every neuron of every sparse layer gets this many inputs")
+    a("--arch", choices=["mlp", "cnn"], help="mlp (the paper's, --hidden) or cnn (a small CNN for 28x28 images, "
+                                            "docs/conv.md) (default mlp)")
     a("--epochs", type=integer, help="training epochs " + _preset_default("epochs"))
     a("--batch-size", type=integer, help="minibatch size " + _preset_default("batch_size"))
     a("--lr", type=float, help="Adam learning rate " + _preset_default("lr"))
@@ -104,7 +106,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     plain = ("dataset", "preset", "model", "algorithm", "density", "epochs", "batch_size", "lr", "hidden", "dense_last",
              "redistribute_every", "alpha0", "end_fraction", "redistribution_batches", "induced_loss_rows", "augment",
              "train_rows", "test_rows", "seed", "device", "backend", "data_dir", "on_nonfinite", "distribution",
-             "fan_in")
+             "fan_in", "arch")
     given = {k: getattr(args, k) for k in plain if getattr(args, k) is not None}
     if args.no_download:
         given["download"] = False

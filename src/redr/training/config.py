@@ -50,6 +50,7 @@ class RunConfig:
     preset: str = "kmnist"
     dataset: Optional[str] = None
     model: str = "sparse"
+    arch: str = "mlp"  # issue 17: "mlp" (the paper's) or "cnn" (redr.sparse.conv_net; images only)
     algorithm: str = "random"
     algorithm_options: dict = field(default_factory=dict)
     density: float = 0.1  # not used when fan_in is set

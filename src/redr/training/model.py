@@ -37,6 +37,8 @@ class ModelSummary:
 
 def build_model(config: RunConfig, num_features: int, num_outputs: int, generator: torch.Generator, device):
     """The model of ``config.model`` and a summary with the counts the paper compares."""
+    if config.arch != "mlp":
+        return build_cnn_model(config, num_features, num_outputs, generator, device)
     sizes = config.sizes(num_features, num_outputs)
     config.check_layer_sizes(sizes)
     sparse = build_mlp(sizes, dense_last=config.dense_last, distribution=config.layer_distribution(),
@@ -55,4 +57,30 @@ def build_model(config: RunConfig, num_features: int, num_outputs: int, generato
         neuron_equivalent_weights=sum(a * b for a, b in dims), parameter_equivalent_sizes=param_sizes,
         parameter_equivalent_weights=sum(a * b for a, b in zip(param_sizes[:-1], param_sizes[1:])),
         layer_densities=[round(layer.density, 6) for _, layer in sparse_layers(model)])
+    return model, summary
+
+
+def build_cnn_model(config: RunConfig, num_features: int, num_outputs: int, generator: torch.Generator, device):
+    """``--arch cnn`` (:mod:`redr.sparse.conv_net`): the sparse CNN, or its dense twin (``--model dense-neuron``)."""
+    from redr.errors import UsageError
+    from redr.sparse.conv_net import ARCHS, build_cnn
+
+    if config.arch not in ARCHS:
+        raise UsageError(f"unknown --arch {config.arch!r}; choose one of {', '.join(ARCHS)}")
+    if config.model == "dense-param":
+        raise UsageError("--model dense-param sizes an MLP; with --arch cnn use --model dense-neuron (the dense twin)")
+    sparse = build_cnn(num_features, num_outputs, distribution=config.layer_distribution(), dense_last=config.dense_last,
+                       generator=generator, backend=config.backend, device=device)
+    sparse_weights = count_weights(sparse)
+    if config.model == "sparse":
+        model = sparse
+    else:
+        del sparse
+        model = build_cnn(num_features, num_outputs, generator=generator, device=device)
+    weights = count_weights(model)
+    summary = ModelSummary(sizes=[num_features, num_outputs], weights=weights, parameters=count_parameters(model),
+                           sparse_weights=sparse_weights, neuron_equivalent_weights=count_weights(
+                               build_cnn(num_features, num_outputs, generator=torch.Generator().manual_seed(0))),
+                           parameter_equivalent_sizes=[], parameter_equivalent_weights=0,
+                           layer_densities=[round(layer.density, 6) for _, layer in sparse_layers(model)])
     return model, summary

@@ -53,7 +53,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from redr.sparse.layer import SparseLinear
+from redr.redistribution.signals.conv_adapter import layer_input_rows, layer_output_rows
+from redr.sparse.matrix import SparseMatrixModule
 from redr.sparse.layout import key_dtype
 
 #: Default rows per tile: 512 rows of a 4096-wide layer are 8 MiB of float32 (measured on 2 CPU cores:
@@ -90,7 +91,7 @@ class LayerGradient:
     every method returns all-reduced results.
     """
 
-    def __init__(self, index: int, layer: SparseLinear, x: torch.Tensor, gT: torch.Tensor, tile_rows: int,
+    def __init__(self, index: int, layer: SparseMatrixModule, x: torch.Tensor, gT: torch.Tensor, tile_rows: int,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor], stats: GradientStats):
         self.index, self.layer, self.x, self.gT = index, layer, x, gT
         self.tile_rows, self._all_reduce, self.stats = tile_rows, all_reduce, stats
@@ -241,7 +242,7 @@ def _no_trace(model: torch.nn.Module, device: torch.device):
     """Fork the global RNG and restore non-sparse buffers (BatchNorm statistics) after the extra pass."""
     saved = {}
     for mname, module in model.named_modules():
-        if isinstance(module, SparseLinear):
+        if isinstance(module, SparseMatrixModule):
             continue
         for bname, buf in module.named_buffers(recurse=False):
             if buf is not None:
@@ -296,10 +297,10 @@ def stream_layer_gradients(ctx, consumer: Callable[[LayerGradient], None], num_b
     def forward_hook(module, args, output):
         i = position[id(module)]
         calls[i] += 1
-        holder = {"x": args[0].detach().reshape(-1, module.in_features)}
+        holder = {"x": layer_input_rows(module, args[0].detach())}
 
         def on_grad(g):
-            pending[i].append((holder.pop("x"), g.detach().reshape(-1, module.out_features)))
+            pending[i].append((holder.pop("x"), layer_output_rows(module, g.detach())))
             if len(pending[i]) == calls[i]:
                 finish(i)
 
