@@ -351,3 +351,26 @@ def test_cuda_matches_cpu():
     assert rel_err(gpu.values.grad.cpu(), layer.values.grad) < 1e-5
     change = gpu.change_topology(torch.tensor([0, 1]), inactive_positions(layer, 2).cuda())
     assert change.new_nnz == layer.nnz
+
+
+@pytest.mark.parametrize("backend", ["dense", "numba"])
+def test_a_graph_alive_across_a_topology_change_does_not_break_the_next_backward(backend):
+    """A graph built before the change and still referenced (a variable, a reference cycle not yet collected)
+    kept autograd's gradient accumulator of the old ``values`` alive: the next backward then failed with
+    "invalid gradient ... expected shape compatible with [old nnz]" (seen in a 2-process run)."""
+    torch.manual_seed(0)
+    layer = SparseLinear(64, 10, 0.1, backend=backend, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(layer.parameters())
+    x = torch.randn(4, 64)
+    old_loss = layer(x).sum()
+    old_loss.backward()
+    opt.step()
+    dense = layer.to_dense()
+    free = (dense == 0).nonzero()[:30].T  # 30 inactive positions, row-major
+    layer.change_topology(torch.arange(10), free, [opt])
+    assert layer.nnz == 80 and old_loss.grad_fn is not None  # the old graph is still referenced
+    layer(x).sum().backward()
+    assert layer.values.grad.shape == (80,)
+    expected = x.double().sum(0)[layer.indices[1]]  # d(sum of outputs)/dw_ij = sum_n x_nj
+    assert torch.allclose(layer.values.grad.double(), expected, atol=1e-5)
+    assert opt.param_groups[0]["params"][0] is layer.values and layer.values in opt.state

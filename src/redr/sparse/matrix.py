@@ -125,24 +125,22 @@ class SparseMatrixModule(nn.Module):
         return kernels.choose_backend(self.backend, self.values.device, self.in_features * self.out_features)
 
     # ----------------------------------------------------------------- topology change
-    @torch.no_grad()
-    def change_topology(self, remove: torch.Tensor, add: torch.Tensor,
-                        optimizers: Iterable[torch.optim.Optimizer] = (), old_keys: torch.Tensor | None = None) -> TopologyChange:
-        """Remove the weights at ``values`` positions ``remove`` and activate ``(row, col)`` positions ``add``.
+    def validate_change(self, remove: torch.Tensor, add: torch.Tensor, old_keys: torch.Tensor | None = None) -> None:
+        """Raise :class:`TopologyError` if :meth:`change_topology` would refuse ``remove``/``add``; changes nothing.
 
-        Kept weights keep their values, new weights start at exactly 0, and for every optimizer every
-        per-parameter state tensor shaped like ``values`` (Adam's moments, SGD momentum, ...) follows:
-        gathered for kept weights, zero for new ones. ``add`` must not contain duplicates nor positions
-        that are active now (also not ones removed in this same call: removed and grown sets are disjoint,
-        so a weight removed now cannot regrow in the same step). The nnz may change.
+        Lets a caller that changes several layers check every one of them before touching any."""
+        self._checked_change(remove, add, old_keys)
 
-        ``old_keys`` (optional) are the current ``layout.keys(key_dtype(shape))``, if the caller has them.
-        Temporaries are kept narrow (int32 keys and indices where they fit): a change briefly holds the
-        old and the new structure, and that transient sets the peak memory of a redistribution.
-        """
+    def _checked_change(self, remove, add, old_keys):
+        """``(remove, keep mask, sorted new keys, old keys)`` of a valid change, or :class:`TopologyError`."""
         device = self.values.device
-        remove = torch.as_tensor(remove, device=device).reshape(-1)
-        add = torch.as_tensor(add, device=device).reshape(2, -1)
+        remove = torch.as_tensor(remove, device=device)
+        add = torch.as_tensor(add, device=device)
+        if remove.dim() > 1 and remove.numel():
+            raise TopologyError(f"remove must be a 1-D tensor of positions into values, got shape {tuple(remove.shape)}")
+        if add.numel() and (add.dim() != 2 or add.shape[0] != 2):
+            raise TopologyError(f"add must be a (2, k) tensor of (row, col) positions, got shape {tuple(add.shape)}")
+        remove, add = remove.reshape(-1), add.reshape(2, -1)
         for name, t in (("remove", remove), ("add", add)):
             if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
                 raise TopologyError(f"{name} must hold integer indices, got {t.dtype}")
@@ -164,6 +162,27 @@ class SparseMatrixModule(nn.Module):
             raise TopologyError("added positions contain duplicates")
         if sorted_intersect(old_keys, new_keys):
             raise TopologyError("an added position is already active (removed and grown sets must be disjoint)")
+        return remove, keep, new_keys, old_keys
+
+    @torch.no_grad()
+    def change_topology(self, remove: torch.Tensor, add: torch.Tensor,
+                        optimizers: Iterable[torch.optim.Optimizer] = (), old_keys: torch.Tensor | None = None) -> TopologyChange:
+        """Remove the weights at ``values`` positions ``remove`` and activate ``(row, col)`` positions ``add``.
+
+        Kept weights keep their values, new weights start at exactly 0, and for every optimizer every
+        per-parameter state tensor shaped like ``values`` (Adam's moments, SGD momentum, ...) follows:
+        gathered for kept weights, zero for new ones. ``add`` must not contain duplicates nor positions
+        that are active now (also not ones removed in this same call: removed and grown sets are disjoint,
+        so a weight removed now cannot regrow in the same step). The nnz may change.
+
+        ``old_keys`` (optional) are the current ``layout.keys(key_dtype(shape))``, if the caller has them.
+        Temporaries are kept narrow (int32 keys and indices where they fit): a change briefly holds the
+        old and the new structure, and that transient sets the peak memory of a redistribution.
+        """
+        device = self.values.device
+        old_nnz = self.nnz
+        kd = key_dtype((self.out_features, self.in_features))
+        remove, keep, new_keys, old_keys = self._checked_change(remove, add, old_keys)
 
         kept_old = torch.arange(old_nnz, dtype=kd, device=device)[keep]  # narrow like the keys (nnz <= positions)
         del keep
@@ -190,7 +209,11 @@ class SparseMatrixModule(nn.Module):
         new_values = self.values.new_zeros(new_nnz)
         new_values[kept_new] = self.values[kept_old]
         self.values.grad = None
-        self.values.data = new_values
+        # Swapped, not assigned to .data: autograd caches a parameter's gradient accumulator with its shape, and
+        # a graph built before the change (still referenced somewhere) would keep the old one alive, so the next
+        # backward would fail with "invalid gradient ... expected shape compatible with [old nnz]". The Python
+        # object stays the same (the optimizers' references and state keys stay valid).
+        torch.utils.swap_tensors(self.values, nn.Parameter(new_values, requires_grad=self.values.requires_grad))
         self.crow, self.col = crow, col  # the old CSR is freed here
         del crow, col
         self._set_layout(CSRLayout.from_csr(self.crow, self.col, shape))

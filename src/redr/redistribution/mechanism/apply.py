@@ -12,7 +12,7 @@ import torch
 
 from redr.redistribution.mechanism.invariants import InvariantError, check_invariants
 from redr.redistribution.mechanism.plan import RedistributionPlan
-from redr.sparse.layer import SparseLinear, TopologyChange
+from redr.sparse.layer import SparseLinear, TopologyChange, TopologyError
 from redr.sparse.layout import key_dtype
 
 
@@ -25,8 +25,24 @@ def unchanged(layer: SparseLinear) -> TopologyChange:
 @torch.no_grad()
 def apply_plan(layers: Sequence[SparseLinear], plan: RedistributionPlan, optimizers: Sequence[torch.optim.Optimizer] = (),
                check: bool = True) -> list[TopologyChange]:
+    """Apply ``plan`` to ``layers``: all of it, or (when any layer's entry is invalid) none of it.
+
+    Every layer's entry is checked first (positions, shapes, the value update's length: a
+    :class:`~redr.sparse.TopologyError` or :class:`InvariantError` names the layer), so a bad plan leaves every
+    layer, its values and its optimizer state as they were. Then each layer moves in turn, and with ``check``
+    its invariants are verified after its step.
+    """
     if len(plan.layers) != len(layers):
         raise InvariantError(f"plan has {len(plan.layers)} layer entries for {len(layers)} sparse layers")
+    for i, (layer, lp) in enumerate(zip(layers, plan.layers)):
+        update = lp.value_update
+        if update is not None and tuple(update.shape) != tuple(layer.values.shape):
+            raise InvariantError(f"layer {i}: value_update has shape {tuple(update.shape)}, the layer's values "
+                                 f"{tuple(layer.values.shape)}")
+        try:
+            layer.validate_change(lp.remove, lp.grow)
+        except TopologyError as exc:
+            raise TopologyError(f"layer {i}: {exc}") from None
     changes = []
     for layer, lp in zip(layers, plan.layers):
         if lp.value_update is not None:
