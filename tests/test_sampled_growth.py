@@ -194,3 +194,21 @@ def test_global_candidate_counts_follow_free_positions():
     assert global_candidate_counts(10, math.inf, [100, 300, 0]) == [100, 300, 0]
     assert global_candidate_counts(10, 100.0, [3, 1000]) == [3, 998]
     assert global_candidate_counts(0, 2.0, [3, 4]) == [0, 0]
+
+
+def test_float32_candidates_use_the_sddmm_kernel_and_match_the_dense_gradient():
+    from redr.redistribution.signals import stream_layer_gradients
+
+    model = mlp([30, 40, 6], 0.2, seed=4, dtype=torch.float32)
+    x, y = data(16, 30, 6, seed=4, dtype=torch.float32)
+    want, _ = naive_grads(model, x, y)
+    seen = {}
+
+    def consume(lg):
+        keys = torch.arange(0, lg.in_features * lg.out_features, 3)
+        seen[lg.index] = (keys, lg.entries_at_keys(keys))
+
+    stream_layer_gradients(ctx_for(model, 0.5, x, y), consume)
+    for i, (keys, got) in seen.items():
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want[i].flatten()[keys], rtol=1e-4, atol=1e-6)

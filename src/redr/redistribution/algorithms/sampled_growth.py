@@ -54,9 +54,8 @@ class GrowthPath:
 
 
 def score_candidates(lg, keys: torch.Tensor) -> torch.Tensor:
-    """``|dL/dW|`` at the flat keys ``row * in + col`` of a streamed layer gradient (SDDMM, chunked)."""
-    in_f = lg.in_features
-    return lg.entries(torch.div(keys, in_f, rounding_mode="floor"), keys % in_f).abs()
+    """``|dL/dW|`` at the sorted flat keys ``row * in + col`` of a streamed layer gradient (SDDMM)."""
+    return lg.entries_at_keys(keys).abs()
 
 
 def layer_candidates(lg, k: int, multiple: float, generator: torch.Generator) -> torch.Tensor:
