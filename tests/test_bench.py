@@ -83,9 +83,13 @@ def test_memory_suite(tmp_path, capsys, broken_algorithm):
     rc = main(["bench", "memory", "--quick", "--algorithms", f"none,{broken_algorithm}", "--steps", "2",
                "--jobs", "2", "--json", str(out)])
     assert rc == 0
-    assert "skip algorithm broken" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "skip algorithm broken" in printed and "bytes per active weight (target <= 32)" in printed
     records = read_lines(out)
     assert [r["kind"] for r in records] == ["dense", "sparse"], [r["results"].get("error") for r in records]
+    per = records[1]["results"]["bytes_per_weight"]  # int32 indices: 4 + 4 + 8 + 4 + 8 and the row pointers
+    assert per["values"] == per["gradient"] == 4 and per["adam"] == 8 and 28 <= per["total"] <= 32
+    assert records[0]["results"]["bytes_per_weight"] == {}
     dense, sparse = records
     for r in records:
         assert r["results"]["peak_bytes"] > 0 and r["results"]["state_bytes"] > 0

@@ -526,10 +526,11 @@ def test_all_reduce_is_applied_and_identical_ranks_agree(name):
 def test_options_registry_and_validation():
     assert RedrGradient.name == "gradient" and RedrGradientGlobal.name == "gradient-global" and RedrLoss.name == "loss"
     assert all(c.needs_batches for c in (RedrGradient, RedrGradientGlobal, RedrLoss))
-    assert algorithm_options("gradient") == {"tile_rows": 512, "num_batches": None}
+    path = {"growth": "auto", "candidates": 8.0}
+    assert algorithm_options("gradient") == {"tile_rows": 512, "num_batches": None, **path}
     assert algorithm_options("gradient-global") == {"tile_rows": 512, "num_batches": None, "min_layer_fraction": 0.1,
-                                                    "min_weights_per_layer": None}
-    assert algorithm_options("loss") == {"neuron_fraction": 0.3, "tile_rows": 512, "num_batches": None}
+                                                    "min_weights_per_layer": None, **path}
+    assert algorithm_options("loss") == {"neuron_fraction": 0.3, "tile_rows": 512, "num_batches": None, **path}
     for name in ("gradient", "gradient-global", "loss"):
         algo = make_algorithm(name, tile_rows=7, num_batches=2)
         assert algo.options()["tile_rows"] == 7 and algo.options()["num_batches"] == 2

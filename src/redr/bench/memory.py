@@ -107,6 +107,36 @@ def tensor_state_bytes(*roots) -> int:
     return total
 
 
+#: issue 15's target for the bytes one active weight costs in training (values, indices, gradient, Adam)
+BYTES_PER_WEIGHT_TARGET = 32
+
+
+def bytes_per_active_weight(model: nn.Module, optimizer) -> dict:
+    """Bytes per active weight of the sparse layers, measured on their tensors, by part: ``values``, ``indices``
+    (CSR ``col`` and ``crow``), ``transposed`` (the companion ``row_t``, ``perm_t``, ``crow_t``), ``gradient``
+    and ``adam`` (the two moments); ``total`` their sum. Empty for a net without sparse layers."""
+    from redr.sparse import SparseLinear
+
+    def size(*ts):
+        return sum(t.numel() * t.element_size() for t in ts if torch.is_tensor(t))
+
+    parts = dict.fromkeys(("values", "indices", "transposed", "gradient", "adam"), 0)
+    nnz = 0
+    for layer in (m for m in model.modules() if isinstance(m, SparseLinear)):
+        nnz += layer.nnz
+        state = optimizer.state.get(layer.values, {})
+        parts["values"] += size(layer.values)
+        parts["indices"] += size(layer.col, layer.crow)
+        parts["transposed"] += size(layer.row_t, layer.perm_t, layer.crow_t)
+        parts["gradient"] += size(layer.values.grad)
+        parts["adam"] += size(state.get("exp_avg"), state.get("exp_avg_sq"))
+    if nnz == 0:
+        return {}
+    out = {k: round(v / nnz, 3) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / nnz, 3)
+    return out
+
+
 def _warm_up(device: torch.device) -> None:
     from redr.sparse import SparseLinear, kernels
 
@@ -149,6 +179,7 @@ def worker(config: dict) -> dict:
     sync(device)
     algorithm = trainer.redistributor.algorithm if trainer.redistributor is not None else None
     result["state_bytes"] = tensor_state_bytes(trainer.model, trainer.optimizer.state, algorithm)
+    result["bytes_per_weight"] = bytes_per_active_weight(trainer.model, trainer.optimizer)
     result["train_peak_bytes"] = _peak_since_reset(device) - base
     if trainer.redistributor is not None:
         reset_peak_memory(device)
@@ -249,7 +280,9 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
                               mib(r["state_bytes"]), ratios.get("state_vs_dense")])
                 print_flush(f"  d={density} {label}: peak {mib(r['peak_bytes']):.1f} MiB"
                             + (f" ({ratios['peak_vs_dense']:.3f}x dense)" if ratios else "")
-                            + f", state {mib(r['state_bytes']):.1f} MiB")
+                            + f", state {mib(r['state_bytes']):.1f} MiB"
+                            + (f", {r['bytes_per_weight']['total']:.1f} bytes per active weight (target <= "
+                               f"{BYTES_PER_WEIGHT_TARGET})" if r.get("bytes_per_weight") else ""))
     print_flush(f"\npeak = {what} above the process's baseline (imports, data, warm-up excluded), MiB; state = exact "
                 "bytes of\nparameters, grads, index buffers, Adam moments and algorithm tensors after the last step; "
                 "'x' = ratio to the dense twin;\n"

@@ -14,7 +14,8 @@ from redr.training.config import DATASET_NAMES, MODEL_KINDS, PRESETS, RunConfig
 
 #: CLI flag -> algorithm option (only the algorithms that take an option accept it)
 ALGORITHM_FLAGS = {"block_size": int, "dampening": float, "tile_rows": int, "neuron_fraction": float,
-                   "min_weights_per_layer": int, "min_layer_fraction": float}
+                   "min_weights_per_layer": int, "min_layer_fraction": float,
+                   "growth": str, "candidates": float}
 AUGMENT_FLAGS = {"aug_degrees": ("degrees", float), "aug_translate": ("translate", float),
                  "aug_scale": ("scale", float), "aug_shear": ("shear", float)}
 

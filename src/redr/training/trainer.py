@@ -36,6 +36,7 @@ from redr.runtime import configure_threads, device_name, resolve_device
 from redr.sparse.convert import sparse_layers
 from redr.training import checkpoint
 from redr.training.config import RunConfig
+from redr.training.estimate import available_memory, estimate_run
 from redr.training.memory import peak_memory_bytes, reset_peak_memory
 from redr.training.model import build_model, make_adam
 from redr.training.nonfinite import NonFiniteError, diagnose, nonfinite_gradients, nonfinite_parameters
@@ -91,6 +92,8 @@ class Trainer:
         if config.augment and self.data.image_shape is None:
             raise UsageError(f"--augment needs an image dataset; {config.dataset} has no image shape")
         num_outputs = 1 if self.data.task == "binary" else self.data.num_classes
+        self.memory_estimate = estimate_run(config, self.data.num_features, num_outputs)
+        self.memory_estimate.check(available_memory(self.device))  # refuse before building (exit 2)
         self.model, self.summary = build_model(config, self.data.num_features, num_outputs, self.generators["init"], self.device)
         self.train_model = wrap_model(self.model) if wrap_model is not None else self.model
         self.optimizer = make_adam(self.model.parameters(), config.lr, self.device)
@@ -307,6 +310,7 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def run(self) -> list[dict]:
         self.log(self.describe())
+        self.log(self.memory_estimate.describe())
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in previous:
             try:

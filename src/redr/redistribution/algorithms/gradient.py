@@ -19,6 +19,7 @@ Choices shared by both (see docs/algorithms-gradient.md):
 from __future__ import annotations
 
 from redr.redistribution.algorithms.growth import GradientGrowth
+from redr.redistribution.algorithms.sampled_growth import DEFAULT_CANDIDATES
 from redr.redistribution.algorithms.removal import Magnitude
 from redr.redistribution.mechanism import RedistributionAlgorithm
 from redr.redistribution.selection import CollapseGuard, GlobalGrowthBudget, LayerBudget
@@ -34,6 +35,8 @@ class RedrGradient(RedistributionAlgorithm):
             to about ``tile_rows * in_features`` numbers (default 512).
         num_batches: how many of the context's batches to use (None, the default: all that are given;
             the trainer gives ``--redistribution-batches``, default 1).
+        growth: ``"auto"`` (default), ``"exact"`` or ``"sampled"``; candidates: candidates scored per weight
+            grown on the sampled path (default 8) (:mod:`~redr.redistribution.algorithms.sampled_growth`).
     """
 
     name = "gradient"
@@ -41,8 +44,9 @@ class RedrGradient(RedistributionAlgorithm):
     removal = Magnitude()
     budget = LayerBudget()
 
-    def __init__(self, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None):
-        self.growth = GradientGrowth(tile_rows, num_batches)
+    def __init__(self, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None, growth: str = "auto",
+                 candidates: float = DEFAULT_CANDIDATES):
+        self.growth = GradientGrowth(tile_rows, num_batches, growth, candidates)
 
     def options(self) -> dict:
         return self.growth.options()
@@ -58,7 +62,8 @@ class RedrGradientGlobal(RedistributionAlgorithm):
     at or below its floor loses nothing (it can still grow).
 
     Options:
-        tile_rows, num_batches: as for :class:`RedrGradient`.
+        tile_rows, num_batches, growth, candidates: as for :class:`RedrGradient` (sampled: candidates in
+            proportion to each layer's free positions, one top-k over all their scores).
         min_layer_fraction: fraction of the uniform-density share a layer always keeps (default 0.1).
         min_weights_per_layer: absolute floor; None (default) means the layer's ``out_features``.
     """
@@ -68,8 +73,9 @@ class RedrGradientGlobal(RedistributionAlgorithm):
     removal = Magnitude()
 
     def __init__(self, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None,
-                 min_layer_fraction: float = 0.1, min_weights_per_layer: int | None = None):
-        self.growth = GradientGrowth(tile_rows, num_batches)
+                 min_layer_fraction: float = 0.1, min_weights_per_layer: int | None = None, growth: str = "auto",
+                 candidates: float = DEFAULT_CANDIDATES):
+        self.growth = GradientGrowth(tile_rows, num_batches, growth, candidates)
         self.budget = GlobalGrowthBudget(CollapseGuard(min_layer_fraction, min_weights_per_layer))
 
     def options(self) -> dict:

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from redr.redistribution.algorithms.removal import Magnitude
+from redr.redistribution.algorithms.sampled_growth import DEFAULT_CANDIDATES, GrowthPath, grow_sampled_rows
 from redr.redistribution.mechanism import GrowthRule, RedistributionAlgorithm, RedistributionContext, no_growth
 from redr.redistribution.selection import LayerBudget, largest_inactive_per_row, neuron_shares, selected_count
 from redr.redistribution.signals import DEFAULT_TILE_ROWS, GradientPass
@@ -33,14 +34,16 @@ from redr.redistribution.signals import DEFAULT_TILE_ROWS, GradientPass
 class NeuronGrowth(GrowthRule):
     """Each layer's count grows at its top ``neuron_fraction`` neurons by error, water-filled (module docstring)."""
 
-    def __init__(self, neuron_fraction: float = 0.3, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None):
+    def __init__(self, neuron_fraction: float = 0.3, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None,
+                 growth: str = "auto", candidates: float = DEFAULT_CANDIDATES):
         self.gradients = GradientPass(tile_rows, num_batches)
+        self.path = GrowthPath(growth, candidates)
         if not 0.0 < neuron_fraction <= 1.0:
             raise ValueError(f"neuron_fraction must be in (0, 1], got {neuron_fraction!r}")
         self.neuron_fraction = float(neuron_fraction)
 
     def options(self) -> dict:
-        return {"neuron_fraction": self.neuron_fraction, **self.gradients.options()}
+        return {"neuron_fraction": self.neuron_fraction, **self.gradients.options(), **self.path.options()}
 
     def idle_info(self, n_layers: int) -> dict:
         return {"growing_neurons": [0] * n_layers, "gradient": None}
@@ -48,6 +51,7 @@ class NeuronGrowth(GrowthRule):
     def grow(self, ctx: RedistributionContext, counts: Sequence[int]):
         grows = [no_growth(layer.values.device) for layer in ctx.layers]
         growing_neurons = [0] * len(grows)
+        sampled = self.path.sampled(ctx.layers)
 
         def consume(lg):
             total = counts[lg.index]
@@ -59,12 +63,16 @@ class NeuronGrowth(GrowthRule):
             rows, k = order[growing], shares[growing]
             rows, perm = torch.sort(rows)  # ascending rows: tiles in memory order, grown keys sorted
             growing_neurons[lg.index] = rows.numel()
-            picked = largest_inactive_per_row(lg, rows, k[perm])
+            if sampled:  # candidates only in the growing neurons' rows
+                picked = grow_sampled_rows(lg, rows, k[perm], self.path.candidates, ctx.generator)
+            else:
+                picked = largest_inactive_per_row(lg, rows, k[perm])
             if picked is not None:
                 grows[lg.index] = picked
 
         stats = self.gradients.run(ctx, consume)
-        return grows, {"growing_neurons": growing_neurons, "gradient": stats.to_dict()}
+        return grows, {"growing_neurons": growing_neurons, "gradient": stats.to_dict(),
+                       "growth": "sampled" if sampled else "exact"}
 
 
 class RedrLoss(RedistributionAlgorithm):
@@ -72,7 +80,9 @@ class RedrLoss(RedistributionAlgorithm):
 
     Options:
         neuron_fraction: fraction of a layer's output neurons that grow (default 0.3, the paper's 30%).
-        tile_rows, num_batches: as for :class:`~redr.redistribution.algorithms.gradient.RedrGradient`.
+        tile_rows, num_batches, growth, candidates: as for
+            :class:`~redr.redistribution.algorithms.gradient.RedrGradient` (sampled: ``candidates`` per weight a
+            growing neuron gets, drawn among that neuron's free inputs only).
     """
 
     name = "loss"
@@ -80,8 +90,9 @@ class RedrLoss(RedistributionAlgorithm):
     removal = Magnitude()
     budget = LayerBudget()
 
-    def __init__(self, neuron_fraction: float = 0.3, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None):
-        self.growth = NeuronGrowth(neuron_fraction, tile_rows, num_batches)
+    def __init__(self, neuron_fraction: float = 0.3, tile_rows: int = DEFAULT_TILE_ROWS, num_batches: int | None = None,
+                 growth: str = "auto", candidates: float = DEFAULT_CANDIDATES):
+        self.growth = NeuronGrowth(neuron_fraction, tile_rows, num_batches, growth, candidates)
 
     def options(self) -> dict:
         return self.growth.options()

@@ -192,6 +192,23 @@ class LayerGradient:
         self.stats.sampled_entries += vals.numel()
         return self.all_reduce(vals)
 
+    def entries_at_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """``dL/dW`` at sorted flat keys ``row * in + col`` (all-reduced): sampled growth's SDDMM. On the CPU in
+        float32 the keys become a CSR pattern for the layer's own SDDMM kernel (one contiguous dot product per
+        candidate, ``O(batch x candidates)``, nothing gathered); elsewhere :meth:`entries`."""
+        from redr.sparse import kernels
+        from redr.sparse.index_ops import csr_from_keys
+        from redr.sparse.layout import index_dtype
+
+        shape = (self.out_features, self.in_features)
+        if not (kernels.HAVE_NUMBA and self.gT.device.type == "cpu" and self.gT.dtype == torch.float32
+                and self.x.dtype == torch.float32):
+            return self.entries(torch.div(keys, self.in_features, rounding_mode="floor"), keys % self.in_features)
+        crow, col = csr_from_keys(keys.cpu(), shape, index_dtype(*shape, keys.numel()))
+        vals = kernels.sddmm(crow, col, self.gT, self.x.t().contiguous(), shape, "numba")
+        self.stats.sampled_entries += vals.numel()
+        return self.all_reduce(vals)
+
 
 def _row_entries(crow: torch.Tensor, col: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of the row within ``rows``, column) of every active entry of the given rows."""
