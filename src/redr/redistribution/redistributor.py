@@ -44,7 +44,7 @@ class Redistributor:
     """Redistributes the sparse layers of ``model`` on a schedule.
 
     Args:
-        model: any module; its :class:`~redr.sparse.SparseLinear` layers are redistributed.
+        model: any module; its sparse layers (SparseLinear, SparseConv2d) are redistributed.
         optimizer: one optimizer or a list; their per-weight state follows every topology change.
         algorithm: a name (see :data:`~redr.redistribution.algorithms.registry.ALGORITHMS`) or an instance.
         total_epochs / schedule: the schedule, or just the epoch count for the paper's default one.
@@ -73,7 +73,7 @@ class Redistributor:
         self.generator = torch.Generator().manual_seed(seed)
         self.named_layers = sparse_layers(model)
         if not self.named_layers:
-            raise ValueError("the model has no SparseLinear layer to redistribute (see redr.sparsify)")
+            raise ValueError("the model has no SparseLinear or SparseConv2d layer to redistribute (see redr.sparsify)")
         self.history: list[RedistributionReport] = []
         self._hooks = []
         if self.algorithm.needs_step_hook:
