@@ -157,6 +157,17 @@ def algorithm_availability(names: Iterable[str]) -> list[tuple[str, Optional[str
     return out
 
 
+def runnable_algorithms(names: Iterable[str]) -> list[str]:
+    """The algorithms among ``names`` whose modules import; a line is printed for each one skipped."""
+    runnable = []
+    for name, reason in algorithm_availability(names):
+        if reason:
+            print_flush(f"skip algorithm {name}: {reason}")
+        else:
+            runnable.append(name)
+    return runnable
+
+
 # ---------------------------------------------------------------------------------------------------- nets and data
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from redr.bench.common import (QUICK_NETS, JsonLines, algorithm_availability, environment, format_table, make_record, make_trainer,
+from redr.bench.common import (QUICK_NETS, JsonLines, environment, runnable_algorithms, format_table, make_record, make_trainer,
                                median, net_specs, print_flush, ratio, rounded, spread, synthetic_dataset, sync)
 from redr.redistribution.algorithms.registry import ALGORITHMS
 from redr.sparse.convert import sparse_layers
@@ -106,14 +106,10 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
     specs = net_specs(args.nets or NET_NAMES, quick, higgs_rows=args.higgs_rows, image_rows=args.rows)
     densities = args.densities or (QUICK_DENSITIES if quick else DENSITIES)
     repeats = args.repeats or 1
-    algorithms = algorithm_availability(args.algorithms or list(ALGORITHMS))
     env = environment(device)
     print_flush(f"epoch suite on {env['device_name']} ({device}), torch {env['torch_version']}, "
                 f"{env['torch_threads']} threads, commit {env['commit'][:10]}; median of {repeats} epoch(s) per configuration")
-    for name, reason in algorithms:
-        if reason:
-            print_flush(f"skip algorithm {name}: {reason}")
-    runnable = [name for name, reason in algorithms if reason is None]
+    runnable = runnable_algorithms(args.algorithms or list(ALGORITHMS))
     warm_up_process(runnable, device)
     records, table = [], []
     for spec in specs:

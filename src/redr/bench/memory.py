@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
-from redr.bench.common import (PACKAGE_ROOT, JsonLines, algorithm_availability, environment, format_table, make_record,
+from redr.bench.common import (PACKAGE_ROOT, JsonLines, environment, runnable_algorithms, format_table, make_record,
                                make_trainer, mib, net_specs, print_flush, ratio, synthetic_dataset, sync)
 from redr.redistribution.algorithms.registry import ALGORITHMS
 from redr.runtime import configure_threads
@@ -234,15 +234,11 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
     specs = net_specs(args.nets or ["wide"], quick)
     densities = args.densities or (QUICK_DENSITIES if quick else DENSITIES)
     steps = args.steps or STEPS
-    algorithms = algorithm_availability(args.algorithms or list(ALGORITHMS))
     env = environment(device)
     what = "CUDA allocator peak" if device.type == "cuda" else "peak RSS (VmHWM)"
     print_flush(f"memory suite on {env['device_name']} ({device}), torch {env['torch_version']}, commit {env['commit'][:10]}; "
                 f"{what} above the baseline of a fresh process per configuration; {steps} training steps + 1 redistribution")
-    for name, reason in algorithms:
-        if reason:
-            print_flush(f"skip algorithm {name}: {reason}")
-    runnable = [name for name, reason in algorithms if reason is None]
+    runnable = runnable_algorithms(args.algorithms or list(ALGORITHMS))
     records, table = [], []
     for spec in specs:
         print_flush(f"{spec.name}: {'-'.join(map(str, spec.sizes))}, batch {spec.batch_size}")
