@@ -20,7 +20,7 @@ def sparse_layers(model: nn.Module) -> list[tuple[str, SparseLinear]]:
 
 def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterable[str] = (),
              generator: torch.Generator | None = None, copy_weights: bool = False, backend: str = "auto", *,
-             distribution=None, fan_in: int | None = None) -> nn.Module:
+             distribution=None, fan_in: int | None = None, init: str = "paper") -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`SparseLinear` of the same shape.
 
     The topology: ``density`` (uniform), ``distribution`` (``"uniform"`` or ``"erk"`` with ``density``, a
@@ -29,7 +29,7 @@ def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterabl
     ``keep_dense`` names modules (as in ``model.named_modules()``) that stay dense, e.g. the paper's
     HIGGS output layer; they are outside the distribution's budget. With ``copy_weights`` the sparse
     values are taken from the dense weights at the drawn positions (and the bias is copied); otherwise
-    the paper's init is used.
+    the values are drawn by ``init`` (``paper`` or ``kaiming``, on each neuron's active fan-in; :mod:`redr.sparse.init`).
     """
     chosen = make_distribution(distribution, density, fan_in)
     if chosen is None:
@@ -43,7 +43,7 @@ def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterabl
     shapes = [LayerShape(name, m.out_features, m.in_features) for name, m in targets]
     for (name, module), shape, k in zip(targets, shapes, chosen.fan_ins(shapes)):
         sparse = _sparse_linear(shape, k, generator, bias=module.bias is not None, backend=backend,
-                                device=module.weight.device, dtype=module.weight.dtype)
+                                device=module.weight.device, dtype=module.weight.dtype, init=init)
         if copy_weights:
             with torch.no_grad():
                 rows, cols = sparse.indices
@@ -76,24 +76,28 @@ def mlp_layer_shapes(sizes: Sequence[int], dense_last: bool = False) -> list[Lay
 
 def build_mlp(sizes: Sequence[int], density: float | None = None, dense_last: bool = False,
               generator: torch.Generator | None = None, backend: str = "auto", device=None, *,
-              distribution=None, fan_in: int | None = None) -> nn.Sequential:
+              distribution=None, fan_in: int | None = None, init: str | None = None) -> nn.Sequential:
     """An MLP ``sizes[0] - ... - sizes[-1]`` with ReLU after every hidden layer (logits out).
 
-    With no ``density``, ``distribution`` or ``fan_in`` it is the dense baseline (``nn.Linear`` with the
-    paper's init); otherwise every layer is a :class:`SparseLinear` with the fan-in the distribution
-    gives it (as in :func:`sparsify`), except the last when ``dense_last`` (outside the budget). The
-    layers are named ``"0"``, ``"2"``, ... (their index in the ``nn.Sequential``), also in a per-layer mapping.
+    With no ``density``, ``distribution`` or ``fan_in`` it is the dense baseline (``nn.Linear``);
+    otherwise every layer is a :class:`SparseLinear` with the fan-in the distribution gives it (as in
+    :func:`sparsify`), except the last when ``dense_last`` (outside the budget). The layers are named
+    ``"0"``, ``"2"``, ... (their index in the ``nn.Sequential``), also in a per-layer mapping. ``init``:
+    the values rule of every layer (:mod:`redr.sparse.init`); by default ``paper`` for a sparse net (its
+    dense last layer too) and ``kaiming`` (PyTorch's ``nn.Linear`` rule) for the dense baseline, as the
+    paper's own baselines were plain PyTorch layers.
     """
     slots = _mlp_layers(sizes, dense_last)
     chosen = make_distribution(distribution, density, fan_in)
     sparse_shapes = [shape for shape, sparse in slots if sparse] if chosen is not None else []
     fan_ins = dict(zip((shape.name for shape in sparse_shapes), chosen.fan_ins(sparse_shapes) if chosen else []))
+    init = init or ("paper" if chosen is not None else "kaiming")
     layers: list[nn.Module] = []
     for i, (shape, _) in enumerate(slots):
         if shape.name in fan_ins:
-            layer = _sparse_linear(shape, fan_ins[shape.name], generator, backend=backend, device=device)
+            layer = _sparse_linear(shape, fan_ins[shape.name], generator, backend=backend, device=device, init=init)
         else:
-            layer = init_dense_linear_(nn.Linear(shape.in_features, shape.out_features, device=device), generator)
+            layer = init_dense_linear_(nn.Linear(shape.in_features, shape.out_features, device=device), generator, init)
         layers.append(layer)
         if i < len(slots) - 1:
             layers.append(nn.ReLU())

@@ -66,6 +66,7 @@ class SparseLinear(nn.Module):
         generator: the source of every random choice (topology and values), for reproducibility.
         backend: ``auto`` (default), ``numba``, ``torch`` or ``dense``; see :mod:`redr.sparse.kernels`.
         topology: ``(rows, cols)`` of the active weights, as for :meth:`from_topology` (instead of ``density``).
+        init: ``paper`` (below) or ``kaiming`` (``nn.Linear``'s rule on the active fan-in); :mod:`redr.sparse.init`.
 
     Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` being the neuron's active
     fan-in (the paper's ``k_i`` read as the active fan-in), drawn in this order after the topology.
@@ -73,7 +74,7 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, density: float | None = None, bias: bool = True,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
-                 topology: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 topology: tuple[torch.Tensor, torch.Tensor] | None = None, init: str = "paper"):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"layer sizes must be positive, got in={in_features}, out={out_features}")
@@ -87,14 +88,15 @@ class SparseLinear(nn.Module):
             topology = partitioned_topology(out_features, in_features, fan_in_for_density(in_features, density), generator)
         rows, cols = _checked_topology(*topology, (out_features, in_features))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
-        w_bound, b_bound = neuron_bounds(torch.bincount(rows, minlength=out_features))
+        w_bound, b_bound = neuron_bounds(torch.bincount(rows, minlength=out_features), init)
         self.values = nn.Parameter(uniform_(torch.empty(rows.numel(), **factory), w_bound[rows], generator))
         self.bias = nn.Parameter(uniform_(torch.empty(out_features, **factory), b_bound, generator)) if bias else None
         self._set_layout(CSRLayout.from_sorted_coo(rows, cols, (out_features, in_features)).to(self.values.device))
 
     @classmethod
     def from_topology(cls, in_features: int, out_features: int, rows: torch.Tensor, cols: torch.Tensor, bias: bool = True,
-                      generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None) -> "SparseLinear":
+                      generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None,
+                      init: str = "paper") -> "SparseLinear":
         """A layer whose active weights are exactly at ``(rows[i], cols[i])``, with the paper's values init.
 
         ``rows``/``cols``: integer tensors in row-major order without duplicates (as
@@ -102,7 +104,7 @@ class SparseLinear(nn.Module):
         neuron's values and bias use its own (a neuron without inputs counts as one for its bias).
         """
         return cls(in_features, out_features, bias=bias, generator=generator, backend=backend, device=device,
-                   dtype=dtype, topology=(rows, cols))
+                   dtype=dtype, topology=(rows, cols), init=init)
 
     # ----------------------------------------------------------------- structure
     def _set_layout(self, layout: CSRLayout) -> None:

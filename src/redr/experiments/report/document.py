@@ -20,7 +20,7 @@ from redr.experiments.report.runset import RunSet, fmt_rows, rows_used
 from redr.experiments.report.sections import FIGURES, SECTIONS, TABLES
 from redr.experiments.report.table import markdown
 from redr.experiments.results import SMALL_FILES, find_run_dirs
-from redr.training.config import PRESETS
+from redr.training.config import PRESETS, paper_preset
 
 
 def figure_files(datasets: Iterable[str]) -> list[str]:
@@ -75,7 +75,7 @@ def data_section(runs: RunSet) -> list[str]:
         seeds = sorted({r.seed for r in of_ds})
         text = (f"- **{dataset_title(ds)}**: {fmt_rows(rows_used(info, 'train'))} training / "
                 f"{fmt_rows(rows_used(info, 'test'))} test rows, {'/'.join(map(str, epochs)) or '?'} epochs "
-                f"({'preset' if ds == 'synthetic' else 'paper'}: {PRESETS[ds]['epochs'] if ds in PRESETS else '?'}), "
+                f"({'preset' if ds == 'synthetic' else 'paper'}: {PRESETS[paper_preset(ds)]['epochs'] if paper_preset(ds) in PRESETS else '?'}), "
                 f"seeds {', '.join(map(str, seeds))}." + prose.DATA_NOTES.get(ds, ""))
         warnings = info.get("warnings") or []
         if warnings:
