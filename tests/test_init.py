@@ -115,3 +115,30 @@ def test_saved_configs_before_init_existed_meant_the_papers_rule():
     assert with_legacy_defaults({"model": "dense-neuron"})["init"] == "paper"
     assert with_legacy_defaults({"model": "dense-neuron", "init": "kaiming"})["init"] == "kaiming"
     assert RunConfig.from_dict({"model": "dense-neuron", "preset": "kmnist"}).init == "paper"
+
+
+def test_reproduce_fashion_mnist_keeps_the_papers_kmnist_setup():
+    from redr.experiments.grid import build_cells
+    from redr.experiments.runner import requested_config
+    from redr.training.config import PRESETS
+
+    cell = next(c for c in build_cells("fashion-mnist") if c.options.get("model") == "sparse")
+    config = requested_config(cell, "cpu", None)
+    paper = PRESETS["kmnist"]
+    assert (config.dataset, config.lr, config.batch_size, config.augment, config.epochs, config.init) == (
+        "fashion-mnist", paper["lr"], paper["batch_size"], paper["augment"], paper["epochs"], "paper")
+
+
+def test_committed_sparse_runs_match_the_grid_and_only_the_dense_ones_changed():
+    """The sparse runs of results/ need no rerun (same config); the dense baselines' init is the one change."""
+    from pathlib import Path
+
+    from redr.experiments.grid import build_cells
+    from redr.experiments.runner import config_mismatches, read_saved_config, requested_config
+
+    results = Path(__file__).resolve().parents[1] / "results" / "fashion-mnist-full" / "runs"
+    for cell in build_cells("fashion-mnist"):
+        saved = read_saved_config(results / cell.name)
+        assert saved is not None, cell.name
+        diff = config_mismatches(saved, requested_config(cell, "cpu", None).to_dict(), cell.kind)
+        assert diff == [], (cell.name, diff)

@@ -39,7 +39,7 @@ def dataset_shape(name: str) -> tuple[int, int]:
 PRESETS = {
     "kmnist": dict(dataset="kmnist", hidden=[256, 256], batch_size=512, lr=5e-4, epochs=30, augment=True,
                    dense_last=False, train_rows=None, test_rows=None),
-    "fashion-mnist": dict(dataset="fashion-mnist", hidden=[256, 256], batch_size=512, lr=1e-3, epochs=20,
+    "fashion-mnist": dict(dataset="fashion-mnist", hidden=[256, 256], batch_size=256, lr=3e-3, epochs=20,
                           augment=False, dense_last=False, train_rows=None, test_rows=None, init="kaiming"),
     "higgs": dict(dataset="higgs", hidden=[256, 256, 256], batch_size=128, lr=1e-3, epochs=80, augment=False,
                   dense_last=True, train_rows=500_000, test_rows=100_000),
