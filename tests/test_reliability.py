@@ -424,7 +424,7 @@ def _(c):
 
 @case("api-unknown-augment-option", '`RunConfig.from_options(augment_options={"rotate": 5})`')
 def _(c):
-    return api(lambda: RunConfig.from_options(dataset="fashion-mnist", augment_options={"rotate": 5}))
+    return api(lambda: RunConfig.from_options(dataset="kmnist", augment_options={"rotate": 5}))
 
 
 @case("api-density-string", '`RunConfig.from_options(density="0.1")`')

@@ -30,6 +30,8 @@ class Dataset:
     num_classes: int  # 10, or 1 for binary (one logit)
     image_shape: Optional[Tuple[int, int, int]]  # (C, H, W) of the flattened rows, None for tabular data
     info: dict = field(default_factory=dict, repr=False)  # JSON-serialisable provenance for the run's config
+    val_x: Optional[torch.Tensor] = field(default=None, repr=False)  # rows held out of training (redr.data.validation)
+    val_y: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
     def num_features(self) -> int:
@@ -37,7 +39,8 @@ class Dataset:
 
     def to(self, device) -> "Dataset":
         """The same dataset with its tensors on ``device``."""
-        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")}
+        moved = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
+                 if getattr(self, k) is not None}
         return dataclasses.replace(self, **moved)
 
     def __repr__(self) -> str:

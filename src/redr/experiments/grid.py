@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from redr.errors import UsageError
 from redr.redistribution.algorithms.registry import names as algorithm_names
 from redr.redistribution.signals.fisher import DEFAULT_BLOCK_SIZE
-from redr.training.config import PRESETS
+from redr.training.config import PRESETS, paper_preset
 
 #: Every algorithm that moves weights, in the registry's (the paper's) order.
 DYNAMIC_ALGORITHMS = algorithm_names("dynamic")
@@ -113,7 +113,7 @@ class Cell:
 
     @property
     def epochs(self) -> int:
-        return int(self.options.get("epochs") or PRESETS[self.options["dataset"]]["epochs"])
+        return int(self.options.get("epochs") or PRESETS[self.options.get("preset") or self.options["dataset"]]["epochs"])
 
     @property
     def seed(self) -> int:
@@ -137,7 +137,7 @@ def run_name(options: dict, prefix: str = "") -> str:
     else:
         parts.append(model)
     hidden = options.get("hidden")
-    if hidden is not None and list(hidden) != list(PRESETS[dataset]["hidden"]):
+    if hidden is not None and list(hidden) != list(PRESETS[options.get("preset") or dataset]["hidden"]):
         parts.append("h" + "-".join(str(h) for h in hidden))
     if options.get("redistribute_every", 1) != 1:
         parts.append(f"t{options['redistribute_every']}")
@@ -215,11 +215,13 @@ def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optiona
         q = QUICK.get(dataset, Quick()) if quick else Quick()
         n_seeds = seeds if seeds is not None else (q.seeds or 3)
         base = {"dataset": dataset}
+        if paper_preset(dataset) != dataset:  # Fashion-MNIST: the paper's KMNIST setup, not the practical preset
+            base["preset"] = paper_preset(dataset)
         if experiment in ("timing", "memory"):
             n_seeds = seeds if seeds is not None else 1
             base["epochs"] = epochs or (QUICK_MEASURE_EPOCHS if quick else MEASURE_EPOCHS)[experiment]
         else:
-            base["epochs"] = epochs or q.epochs or PRESETS[dataset]["epochs"]
+            base["epochs"] = epochs or q.epochs or PRESETS[paper_preset(dataset)]["epochs"]
             for key in ("train_rows", "test_rows"):
                 if getattr(q, key) is not None:
                     base[key] = getattr(q, key)
@@ -243,7 +245,7 @@ def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optiona
                     for d in _parse_densities(densities, (0.1,), experiment):
                         for hidden in DEPTH_HIDDEN:
                             options = {**seeded, **model_options(model, d)}
-                            if list(hidden) != list(PRESETS[dataset]["hidden"]):
+                            if list(hidden) != list(PRESETS[paper_preset(dataset)]["hidden"]):
                                 options["hidden"] = list(hidden)
                             add(options)
             elif experiment == "woodtaylor":

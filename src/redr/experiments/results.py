@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from redr.training.config import PRESETS
+from redr.training.config import PRESETS, paper_preset
 from redr.training.rundir import CONFIG_FILE, METRICS_FILE, read_metrics
 
 SMALL_FILES = (CONFIG_FILE, METRICS_FILE, "cell.json", "DONE", "FAILED")
@@ -65,7 +65,7 @@ class Run:
 
     @property
     def is_preset_shape(self) -> bool:
-        preset = PRESETS.get(self.dataset)
+        preset = PRESETS.get(paper_preset(self.dataset))
         return preset is not None and self.hidden == list(preset["hidden"])
 
     @property

@@ -31,13 +31,14 @@ from redr.experiments.grid import Cell
 from redr.runtime import default_device
 from redr.training import checkpoint
 from redr.training.api import train
-from redr.training.config import RunConfig
+from redr.training.config import RunConfig, with_legacy_defaults
 from redr.training.memory import memory_measuring_env
 from redr.training.rundir import CONFIG_FILE, DONE_FILE, METRICS_FILE, read_metrics, write_json_atomic
 
 CELL_FILE, FAILED_FILE = "cell.json", "FAILED"
-#: Settings that never change results: a run that differs only here is reused when finished.
-IGNORED_ALWAYS = ("data_dir", "download")
+#: Settings that never change results: a run that differs only here is reused when finished. The preset
+#: only fills defaults, and every value it fills is compared on its own.
+IGNORED_ALWAYS = ("data_dir", "download", "preset")
 #: ... and, for accuracy runs only, where it ran (CPU and GPU runs of one config are the same experiment).
 IGNORED_FOR_ACCURACY = ("device", "backend")
 
@@ -64,7 +65,7 @@ def read_saved_config(run_dir: Path) -> Optional[dict]:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())["config"]
+        return with_legacy_defaults(json.loads(path.read_text())["config"])
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: unreadable ({exc}); this is not a redr run directory: move it out of --out") from None
 

@@ -55,13 +55,15 @@ class SparseConv2d(SparseMatrixModule):
         name: the layer's name in error messages.
 
     ``in_features``/``out_features`` are the matrix's dims (``in_channels * kh * kw``, ``out_channels``).
-    Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` the channel's active fan-in.
+    Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` the channel's active fan-in
+    (``init="kaiming"``: both ``+-1/sqrt(k)``, ``nn.Conv2d``'s rule on the active fan-in).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", density: float | None = None,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
-                 topology: tuple[torch.Tensor, torch.Tensor] | None = None, name: str = "SparseConv2d"):
+                 topology: tuple[torch.Tensor, torch.Tensor] | None = None, name: str = "SparseConv2d",
+                 init: str = "paper"):
         super().__init__()
         check_convertible_conv(name, groups, padding_mode, padding)
         kh, kw = _pair(kernel_size)
@@ -79,7 +81,7 @@ class SparseConv2d(SparseMatrixModule):
             fan_in = layer_fan_in(shape, density=check_density(density, "density"), asked=f"density={density}",
                                   fix="raise the density or keep the layer dense")
             topology = partitioned_topology(out_channels, shape.inputs, fan_in, generator)
-        self._init_matrix(out_channels, in_channels * kh * kw, topology, bias, generator, backend, device, dtype)
+        self._init_matrix(out_channels, in_channels * kh * kw, topology, bias, generator, backend, device, dtype, init)
 
     @classmethod
     def from_topology(cls, in_channels: int, out_channels: int, kernel_size, rows: torch.Tensor, cols: torch.Tensor,

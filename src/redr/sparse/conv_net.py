@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from redr.errors import UsageError
-from redr.sparse.init import paper_bounds, uniform_
+from redr.sparse.init import neuron_bounds, uniform_
 from redr.sparse.sparsify import sparsify
 
 __all__ = ["ARCHS", "build_cnn"]
@@ -29,9 +29,10 @@ __all__ = ["ARCHS", "build_cnn"]
 ARCHS = ("mlp", "cnn")
 
 
-def _init_dense_(module: nn.Module, generator: torch.Generator | None) -> nn.Module:
-    """The paper's init for a dense layer, ``k`` = its fan-in (``in_channels * kh * kw`` for a convolution)."""
-    w_bound, b_bound = paper_bounds(module.weight[0].numel())
+def _init_dense_(module: nn.Module, generator: torch.Generator | None, init: str) -> nn.Module:
+    """A dense layer's values by ``init`` (:func:`~redr.sparse.init.neuron_bounds`), ``k`` = its fan-in
+    (``in_channels * kh * kw`` for a convolution)."""
+    w_bound, b_bound = (float(b[0]) for b in neuron_bounds(torch.tensor([module.weight[0].numel()]), init))
     uniform_(module.weight, w_bound, generator)
     if module.bias is not None:
         uniform_(module.bias, b_bound, generator)
@@ -40,8 +41,12 @@ def _init_dense_(module: nn.Module, generator: torch.Generator | None) -> nn.Mod
 
 def build_cnn(num_features: int, num_outputs: int, density: float | None = None, *, distribution=None,
               fan_in: int | None = None, dense_first: bool = True, dense_last: bool = False,
-              generator: torch.Generator | None = None, backend: str = "auto", device=None) -> nn.Sequential:
+              generator: torch.Generator | None = None, backend: str = "auto", device=None,
+              init: str | None = None) -> nn.Sequential:
     """The CNN above for square one-channel images of ``num_features`` pixels; dense without a density.
+
+    ``init``: the values rule of every layer; by default ``paper`` for a sparse net (its dense layers too) and
+    ``kaiming`` (PyTorch's own rule) for the dense twin, as :func:`~redr.sparse.convert.build_mlp`.
 
     Layers are named by their index in the ``nn.Sequential``: ``"1"`` (conv1), ``"4"`` (conv2), ``"8"`` (fc1),
     ``"10"`` (fc2).
@@ -55,12 +60,14 @@ def build_cnn(num_features: int, num_outputs: int, density: float | None = None,
               nn.Conv2d(32, 64, 3, padding=1, device=device), nn.ReLU(), nn.MaxPool2d(2),
               nn.Flatten(), nn.Linear(64 * (side // 4) ** 2, 128, device=device), nn.ReLU(),
               nn.Linear(128, num_outputs, device=device)]
+    sparse = not (density is None and distribution is None and fan_in is None)
+    init = init or ("paper" if sparse else "kaiming")
     for layer in layers:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            _init_dense_(layer, generator)
+            _init_dense_(layer, generator, init)
     model = nn.Sequential(*layers)
-    if density is None and distribution is None and fan_in is None:
+    if not sparse:
         return model
     keep = (["1"] if dense_first else []) + (["10"] if dense_last else [])
     return sparsify(model, density, keep_dense=keep, generator=generator, backend=backend,
-                    distribution=distribution, fan_in=fan_in)
+                    distribution=distribution, fan_in=fan_in, init=init)

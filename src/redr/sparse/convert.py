@@ -41,24 +41,28 @@ def mlp_layer_shapes(sizes: Sequence[int], dense_last: bool = False) -> list[Lay
 
 def build_mlp(sizes: Sequence[int], density: float | None = None, dense_last: bool = False,
               generator: torch.Generator | None = None, backend: str = "auto", device=None, *,
-              distribution=None, fan_in: int | None = None) -> nn.Sequential:
+              distribution=None, fan_in: int | None = None, init: str | None = None) -> nn.Sequential:
     """An MLP ``sizes[0] - ... - sizes[-1]`` with ReLU after every hidden layer (logits out).
 
-    With no ``density``, ``distribution`` or ``fan_in`` it is the dense baseline (``nn.Linear`` with the
-    paper's init); otherwise every layer is a :class:`SparseLinear` with the fan-in the distribution
-    gives it (as in :func:`sparsify`), except the last when ``dense_last`` (outside the budget). The
-    layers are named ``"0"``, ``"2"``, ... (their index in the ``nn.Sequential``), also in a per-layer mapping.
+    With no ``density``, ``distribution`` or ``fan_in`` it is the dense baseline (``nn.Linear``);
+    otherwise every layer is a :class:`SparseLinear` with the fan-in the distribution gives it (as in
+    :func:`sparsify`), except the last when ``dense_last`` (outside the budget). The layers are named
+    ``"0"``, ``"2"``, ... (their index in the ``nn.Sequential``), also in a per-layer mapping. ``init``:
+    the values rule of every layer (:mod:`redr.sparse.init`); by default ``paper`` for a sparse net (its
+    dense last layer too) and ``kaiming`` (PyTorch's ``nn.Linear`` rule) for the dense baseline, as the
+    paper's own baselines were plain PyTorch layers.
     """
     slots = _mlp_layers(sizes, dense_last)
     chosen = make_distribution(distribution, density, fan_in)
     sparse_shapes = [shape for shape, sparse in slots if sparse] if chosen is not None else []
     fan_ins = dict(zip((shape.name for shape in sparse_shapes), chosen.fan_ins(sparse_shapes) if chosen else []))
+    init = init or ("paper" if chosen is not None else "kaiming")
     layers: list[nn.Module] = []
     for i, (shape, _) in enumerate(slots):
         if shape.name in fan_ins:
-            layer = _sparse_linear(shape, fan_ins[shape.name], generator, backend=backend, device=device)
+            layer = _sparse_linear(shape, fan_ins[shape.name], generator, backend=backend, device=device, init=init)
         else:
-            layer = init_dense_linear_(nn.Linear(shape.in_features, shape.out_features, device=device), generator)
+            layer = init_dense_linear_(nn.Linear(shape.in_features, shape.out_features, device=device), generator, init)
         layers.append(layer)
         if i < len(slots) - 1:
             layers.append(nn.ReLU())

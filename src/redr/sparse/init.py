@@ -1,14 +1,26 @@
-"""Value initialisation of the paper (section 3; the topology: :mod:`redr.sparse.topology`).
+"""Value initialisation: the paper's rule and PyTorch's ``nn.Linear`` rule (the topology: :mod:`redr.sparse.topology`).
 
-Values: uniform in ``+-1/k_i`` for weights and ``+-1/sqrt(k_i)`` for biases, where the paper's
-``k_i`` ("the number of input features of neuron i") is read as the neuron's *active* fan-in ``n`` for
-sparse layers; dense layers (the baselines) use the same rule with their full fan-in.
+``paper`` (section 3): uniform in ``+-1/k_i`` for weights and ``+-1/sqrt(k_i)`` for biases, where the
+paper's ``k_i`` ("the number of input features of neuron i") is read as the neuron's *active* fan-in
+for sparse layers. ``kaiming``: PyTorch's ``nn.Linear`` default (``kaiming_uniform_(a=sqrt(5))`` for the
+weights, i.e. ``+-1/sqrt(k)``, and ``+-1/sqrt(k)`` for the bias), with ``k`` the active fan-in of a
+sparse neuron or the full fan-in of a dense layer. The paper's dense baselines were plain PyTorch
+networks, so the dense baselines use ``kaiming``; the paper's rule on a dense 784-input layer would
+shrink its weights to ``+-1/784`` and slow it down (issue 16). Every value is drawn from the given
+generator (bit-reproducible), never from torch's global one.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+#: The value-initialisation rules, by name (``--init``).
+INITS = ("paper", "kaiming")
+
+
+def check_init(init: str) -> str:
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    return init
 
 
 def uniform_(tensor: torch.Tensor, bound, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -18,20 +30,20 @@ def uniform_(tensor: torch.Tensor, bound, generator: torch.Generator | None = No
         return tensor.copy_(values.to(tensor.dtype))
 
 
-def paper_bounds(fan_in: int) -> tuple[float, float]:
-    """(weight bound, bias bound) = (1/k, 1/sqrt(k))."""
-    return 1.0 / fan_in, 1.0 / math.sqrt(fan_in)
+def neuron_bounds(fan_ins: torch.Tensor, init: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) bounds per neuron (float64) for rows of any fan-in; a neuron without inputs counts as one.
 
-
-def neuron_bounds(fan_ins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`paper_bounds` per neuron (float64), for rows of any fan-in; a neuron without inputs counts as one."""
+    ``paper``: ``(1/k, 1/sqrt(k))``; ``kaiming``: ``(1/sqrt(k), 1/sqrt(k))``.
+    """
     k = fan_ins.to(torch.float64).clamp_min(1.0)
-    return 1.0 / k, 1.0 / torch.sqrt(k)
+    bias = 1.0 / torch.sqrt(k)
+    return (1.0 / k if check_init(init) == "paper" else bias), bias
 
 
-def init_dense_linear_(layer: torch.nn.Linear, generator: torch.Generator | None = None) -> torch.nn.Linear:
-    """The paper's init for a dense baseline layer, with its full fan-in."""
-    w_bound, b_bound = paper_bounds(layer.in_features)
+def init_dense_linear_(layer: torch.nn.Linear, generator: torch.Generator | None = None,
+                       init: str = "kaiming") -> torch.nn.Linear:
+    """A dense layer's values by ``init`` with its full fan-in (default: ``nn.Linear``'s own rule, drawn from ``generator``)."""
+    w_bound, b_bound = (float(b[0]) for b in neuron_bounds(torch.tensor([layer.in_features]), init))
     uniform_(layer.weight, w_bound, generator)
     if layer.bias is not None:
         uniform_(layer.bias, b_bound, generator)

@@ -27,6 +27,7 @@ class SparseLinear(SparseMatrixModule):
         generator: the source of every random choice (topology and values), for reproducibility.
         backend: ``auto`` (default), ``numba``, ``torch`` or ``dense``; see :mod:`redr.sparse.kernels`.
         topology: ``(rows, cols)`` of the active weights, as for :meth:`from_topology` (instead of ``density``).
+        init: ``paper`` (below) or ``kaiming`` (``nn.Linear``'s rule on the active fan-in); :mod:`redr.sparse.init`.
 
     Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` being the neuron's active
     fan-in (the paper's ``k_i`` read as the active fan-in), drawn in this order after the topology.
@@ -34,7 +35,7 @@ class SparseLinear(SparseMatrixModule):
 
     def __init__(self, in_features: int, out_features: int, density: float | None = None, bias: bool = True,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
-                 topology: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 topology: tuple[torch.Tensor, torch.Tensor] | None = None, init: str = "paper"):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"layer sizes must be positive, got in={in_features}, out={out_features}")
@@ -42,11 +43,12 @@ class SparseLinear(SparseMatrixModule):
             raise ValueError("give a SparseLinear either a density or a topology (rows, cols)")
         if topology is None:
             topology = partitioned_topology(out_features, in_features, fan_in_for_density(in_features, density), generator)
-        self._init_matrix(out_features, in_features, topology, bias, generator, backend, device, dtype)
+        self._init_matrix(out_features, in_features, topology, bias, generator, backend, device, dtype, init)
 
     @classmethod
     def from_topology(cls, in_features: int, out_features: int, rows: torch.Tensor, cols: torch.Tensor, bias: bool = True,
-                      generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None) -> "SparseLinear":
+                      generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None,
+                      init: str = "paper") -> "SparseLinear":
         """A layer whose active weights are exactly at ``(rows[i], cols[i])``, with the paper's values init.
 
         ``rows``/``cols``: integer tensors in row-major order without duplicates (as
@@ -54,7 +56,7 @@ class SparseLinear(SparseMatrixModule):
         neuron's values and bias use its own (a neuron without inputs counts as one for its bias).
         """
         return cls(in_features, out_features, bias=bias, generator=generator, backend=backend, device=device,
-                   dtype=dtype, topology=(rows, cols))
+                   dtype=dtype, topology=(rows, cols), init=init)
 
     # ----------------------------------------------------------------- compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -64,15 +64,16 @@ class SparseMatrixModule(nn.Module):
     """
 
     def _init_matrix(self, out_features: int, in_features: int, topology, bias: bool, generator, backend: str,
-                     device, dtype) -> None:
-        """Check the topology, draw the values (``+-1/k``) then the bias (``+-1/sqrt(k)``), build the layout."""
+                     device, dtype, init: str = "paper") -> None:
+        """Check the topology, draw the values then the bias by ``init`` (:func:`~redr.sparse.init.neuron_bounds`:
+        ``paper`` +-1/k and +-1/sqrt(k), ``kaiming`` +-1/sqrt(k) for both), build the layout."""
         if backend not in kernels.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(kernels.BACKENDS)}")
         self.in_features, self.out_features = in_features, out_features
         self.backend = backend
         rows, cols = _checked_topology(*topology, (out_features, in_features))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
-        w_bound, b_bound = neuron_bounds(torch.bincount(rows, minlength=out_features))
+        w_bound, b_bound = neuron_bounds(torch.bincount(rows, minlength=out_features), init)
         self.values = nn.Parameter(uniform_(torch.empty(rows.numel(), **factory), w_bound[rows], generator))
         self.bias = nn.Parameter(uniform_(torch.empty(out_features, **factory), b_bound, generator)) if bias else None
         self._set_layout(CSRLayout.from_sorted_coo(rows, cols, (out_features, in_features)).to(self.values.device))

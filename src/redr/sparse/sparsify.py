@@ -33,11 +33,12 @@ def _shape(name: str, module: nn.Module) -> LayerShape:
     return LayerShape(name, module.out_channels, module.in_channels, tuple(module.kernel_size))
 
 
-def _sparse_twin(name: str, module: nn.Module, shape: LayerShape, fan_in: int, generator, backend: str) -> SparseMatrixModule:
+def _sparse_twin(name: str, module: nn.Module, shape: LayerShape, fan_in: int, generator, backend: str,
+                 init: str = "paper") -> SparseMatrixModule:
     """The sparse layer of the same shape: topology (``fan_in`` per output, partitioned) first, then the values."""
     rows, cols = partitioned_topology(shape.out_features, shape.inputs, fan_in, generator)
     options = dict(bias=module.bias is not None, generator=generator, backend=backend, device=module.weight.device,
-                   dtype=module.weight.dtype)
+                   dtype=module.weight.dtype, init=init)
     if isinstance(module, nn.Linear):
         return SparseLinear.from_topology(shape.in_features, shape.out_features, rows, cols, **options)
     return SparseConv2d.from_topology(module.in_channels, module.out_channels, module.kernel_size, rows, cols,
@@ -47,7 +48,7 @@ def _sparse_twin(name: str, module: nn.Module, shape: LayerShape, fan_in: int, g
 
 def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterable[str] = (),
              generator: torch.Generator | None = None, copy_weights: bool = False, backend: str = "auto", *,
-             distribution=None, fan_in: int | None = None) -> nn.Module:
+             distribution=None, fan_in: int | None = None, init: str = "paper") -> nn.Module:
     """Replace every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` (in place) by a sparse layer of the same shape.
 
     The topology: ``density`` (uniform), ``distribution`` (``"uniform"`` or ``"erk"`` with ``density``, a
@@ -55,7 +56,8 @@ def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterabl
     ``fan_in=K`` (K inputs per output neuron / channel); see :func:`~redr.sparse.distribution.make_distribution`.
     ``keep_dense`` names modules (as in ``model.named_modules()``) that stay dense, e.g. a first convolution or
     a classifier; they are outside the distribution's budget. With ``copy_weights`` the sparse values are
-    taken from the dense weights at the drawn positions (and the bias is copied); otherwise the paper's init.
+    taken from the dense weights at the drawn positions (and the bias is copied); otherwise they are drawn by
+    ``init`` (``paper`` or ``kaiming``, on each output's active fan-in; :mod:`redr.sparse.init`).
     A convolution with ``groups != 1``, a non-zero padding mode or a transposed one must be kept dense.
     Returns ``model``; what was converted is logged (:func:`sparsity_summary`).
     """
@@ -74,7 +76,7 @@ def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterabl
             check_convertible_conv(name, m.groups, m.padding_mode, m.padding, isinstance(m, nn.ConvTranspose2d))
     shapes = [_shape(name, m) for name, m in targets]
     for (name, module), shape, k in zip(targets, shapes, chosen.fan_ins(shapes)):
-        sparse = _sparse_twin(name, module, shape, k, generator, backend)
+        sparse = _sparse_twin(name, module, shape, k, generator, backend, init)
         if copy_weights:
             with torch.no_grad():
                 rows, cols = sparse.indices

@@ -52,7 +52,8 @@ def add_parser(subparsers) -> None:
                                           f"the preset named like --dataset; without --dataset, {d('preset')}).")
     a = p.add_argument
     a("--dataset", choices=list(DATASET_NAMES), help="dataset (default: the preset's)")
-    a("--preset", choices=list(PRESETS), help="the paper's setup to start from (default: the preset named like "
+    a("--preset", choices=list(PRESETS), help="the setup to start from: kmnist and higgs are the paper's, fashion-mnist a practical one "
+                                             "(the paper's on Fashion-MNIST: --preset kmnist) (default: the preset named like "
                                              f"--dataset; without --dataset, {d('preset')})")
     a("--model", choices=list(MODEL_KINDS), help=f"sparse, or a dense baseline (default {d('model')})")
     a("--algorithm", help=f"redistribution algorithm: {', '.join(ALGORITHMS)} (default {d('algorithm')} for a sparse "
@@ -87,6 +88,10 @@ def add_parser(subparsers) -> None:
     for flag, kind in ALGORITHM_FLAGS.items():
         a("--" + flag.replace("_", "-"), type=kind, dest=flag,
           help="algorithm option, only for the algorithms that take it (default: the algorithm's)")
+    a("--init", choices=["paper", "kaiming"], help="values: paper (+-1/k weights, +-1/sqrt(k) biases) or kaiming "
+      "(nn.Linear's rule), k the active fan-in (default: the preset's, else paper for a sparse net, kaiming for dense)")
+    a("--validation-rows", type=integer, help="hold this many training rows out and report val_acc on them "
+                                              "(choose settings on these, not on the test rows)")
     a("--seed", type=integer, help=f"seed of every random choice (default {d('seed')})")
     a("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     a("--backend", choices=list(BACKENDS), help=f"sparse kernels (default {d('backend')})")
@@ -107,7 +112,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     plain = ("dataset", "preset", "model", "algorithm", "density", "epochs", "batch_size", "lr", "hidden", "dense_last",
              "redistribute_every", "alpha0", "end_fraction", "redistribution_batches", "induced_loss_rows", "augment",
              "train_rows", "test_rows", "seed", "device", "backend", "data_dir", "on_nonfinite", "distribution",
-             "fan_in", "arch")
+             "fan_in", "arch", "init", "validation_rows")
     given = {k: getattr(args, k) for k in plain if getattr(args, k) is not None}
     if args.no_download:
         given["download"] = False

@@ -42,14 +42,15 @@ def build_model(config: RunConfig, num_features: int, num_outputs: int, generato
     sizes = config.sizes(num_features, num_outputs)
     config.check_layer_sizes(sizes)
     sparse = build_mlp(sizes, dense_last=config.dense_last, distribution=config.layer_distribution(),
-                       generator=generator, backend=config.backend, device=device)
+                       generator=generator, backend=config.backend, device=device, init=config.init)
     sparse_weights = count_weights(sparse)
     param_sizes = parameter_equivalent_sizes(sizes, sparse_weights)
     if config.model == "sparse":
         model = sparse
     else:
         del sparse
-        model = build_mlp(sizes if config.model == "dense-neuron" else param_sizes, None, generator=generator, device=device)
+        model = build_mlp(sizes if config.model == "dense-neuron" else param_sizes, None, generator=generator, device=device,
+                          init=config.init)
     dims = list(zip(sizes[:-1], sizes[1:]))
     summary = ModelSummary(
         sizes=sizes if config.model != "dense-param" else param_sizes,
@@ -70,13 +71,13 @@ def build_cnn_model(config: RunConfig, num_features: int, num_outputs: int, gene
     if config.model == "dense-param":
         raise UsageError("--model dense-param sizes an MLP; with --arch cnn use --model dense-neuron (the dense twin)")
     sparse = build_cnn(num_features, num_outputs, distribution=config.layer_distribution(), dense_last=config.dense_last,
-                       generator=generator, backend=config.backend, device=device)
+                       generator=generator, backend=config.backend, device=device, init=config.init)
     sparse_weights = count_weights(sparse)
     if config.model == "sparse":
         model = sparse
     else:
         del sparse
-        model = build_cnn(num_features, num_outputs, generator=generator, device=device)
+        model = build_cnn(num_features, num_outputs, generator=generator, device=device, init=config.init)
     weights = count_weights(model)
     summary = ModelSummary(sizes=[num_features, num_outputs], weights=weights, parameters=count_parameters(model),
                            sparse_weights=sparse_weights, neuron_equivalent_weights=count_weights(

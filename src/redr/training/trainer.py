@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from redr import __version__
 from redr.data.batching import batch_indices
+from redr.data.validation import hold_out
 from redr.errors import UsageError
 from redr.redistribution import RedistributionSchedule, Redistributor
 from redr.runtime import configure_threads, device_name, resolve_device
@@ -89,6 +90,8 @@ class Trainer:
         configure_threads()  # before any kernel runs: numba's pool started, torch's thread count kept as it is
         self.generators = {name: torch.Generator().manual_seed(derive_seed(config.seed, name)) for name in GENERATORS}
         self.data = dataset if dataset is not None else load_data(config, self.device, self.progress)
+        if config.validation_rows:
+            self.data = hold_out(self.data, config.validation_rows)
         if config.augment and self.data.image_shape is None:
             raise UsageError(f"--augment needs an image dataset; {config.dataset} has no image shape")
         num_outputs = 1 if self.data.task == "binary" else self.data.num_classes
@@ -288,6 +291,8 @@ class Trainer:
                                  + diagnose(self.model, self.data.train_x[:1], bad) + self._last_good())
         row = {"epoch": epoch, "train_loss": train_loss}
         row["test_loss"], row["test_acc"] = self.evaluate(self.data.test_x, self.data.test_y)
+        if getattr(self.data, "val_x", None) is not None:  # reported beside, never instead of, the test accuracy
+            row["val_loss"], row["val_acc"] = self.evaluate(self.data.val_x, self.data.val_y)
         row.update(alpha=0.0, loss_before_redistribution=math.nan, loss_after_redistribution=math.nan,
                    redistribution_seconds=0.0)
         if self.redistributor is not None and self.redistributor.will_redistribute(epoch):
@@ -361,12 +366,15 @@ class Trainer:
                 f"sparse net {s.sparse_weights:,} weights, neuron-equivalent dense {s.neuron_equivalent_weights:,}, "
                 f"parameter-equivalent dense {'-'.join(map(str, s.parameter_equivalent_sizes))} "
                 f"{s.parameter_equivalent_weights:,}; {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "
-                f"device {self.device}")
+                f"init {c.init}, device {self.device}"
+                + (f", {c.validation_rows:,} training rows held out for validation" if c.validation_rows else ""))
 
     @staticmethod
     def format_row(row: dict) -> str:
         text = (f"epoch {row['epoch']:3d}  train_loss {row['train_loss']:.4f}  test_loss {row['test_loss']:.4f}  "
                 f"test_acc {row['test_acc']:.4f}  {row['epoch_seconds']:.1f}s")
+        if "val_acc" in row:
+            text += f"  val_acc {row['val_acc']:.4f}"
         if row["alpha"] > 0:
             text += (f"  redistributed alpha={row['alpha']:.3f} in {row['redistribution_seconds']:.2f}s, loss "
                      f"{row['loss_before_redistribution']:.4f} -> {row['loss_after_redistribution']:.4f}")

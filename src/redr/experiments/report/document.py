@@ -14,13 +14,13 @@ from typing import Iterable, Optional
 
 from redr.experiments.grid import QUICK
 from redr.experiments.report import prose
-from redr.experiments.report.names import dataset_title
+from redr.experiments.report.names import dataset_title, label
 from redr.experiments.report.paths import portable, scrub
 from redr.experiments.report.runset import RunSet, fmt_rows, rows_used
 from redr.experiments.report.sections import FIGURES, SECTIONS, TABLES
 from redr.experiments.report.table import markdown
 from redr.experiments.results import SMALL_FILES, find_run_dirs
-from redr.training.config import PRESETS
+from redr.training.config import PRESETS, paper_preset, with_legacy_defaults
 
 
 def figure_files(datasets: Iterable[str]) -> list[str]:
@@ -75,8 +75,8 @@ def data_section(runs: RunSet) -> list[str]:
         seeds = sorted({r.seed for r in of_ds})
         text = (f"- **{dataset_title(ds)}**: {fmt_rows(rows_used(info, 'train'))} training / "
                 f"{fmt_rows(rows_used(info, 'test'))} test rows, {'/'.join(map(str, epochs)) or '?'} epochs "
-                f"({'preset' if ds == 'synthetic' else 'paper'}: {PRESETS[ds]['epochs'] if ds in PRESETS else '?'}), "
-                f"seeds {', '.join(map(str, seeds))}." + prose.DATA_NOTES.get(ds, ""))
+                f"({'preset' if ds == 'synthetic' else 'paper'}: {PRESETS[paper_preset(ds)]['epochs'] if paper_preset(ds) in PRESETS else '?'}), "
+                f"seeds {', '.join(map(str, seeds))}." + prose.DATA_NOTES.get(ds, "") + init_note(of_ds))
         warnings = info.get("warnings") or []
         if warnings:
             text += " Data warnings: " + "; ".join(scrub(str(w), runs.root) for w in warnings[:2])
@@ -86,6 +86,18 @@ def data_section(runs: RunSet) -> list[str]:
         budget = "; ".join(f"{ds}: {q.describe()}" for ds, q in QUICK.items() if ds in runs.datasets)
         blocks.append(f"\nSome runs used the `--quick` budget, which shrinks only: {budget}{prose.QUICK_KEEPS}\n")
     return blocks
+
+
+def init_note(of_ds) -> str:
+    """Which values init each run used (runs saved before ``--init`` existed used the paper's rule)."""
+    by_init: dict = {}
+    for r in of_ds:
+        what = label(r.model) if r.model != "sparse" else "sparse nets"
+        by_init.setdefault(with_legacy_defaults(r.config).get("init"), {}).setdefault(what, 0)
+        by_init[with_legacy_defaults(r.config)["init"]][what] += 1
+    parts = [f"{prose.INIT_NAMES.get(init, init)} for " + ", ".join(f"{what} ({n} runs)" for what, n in sorted(models.items(), key=lambda kv: kv[0] != "sparse nets"))
+             for init, models in sorted(by_init.items(), key=lambda kv: str(kv[0]))]
+    return (" Values initialised: " + "; ".join(parts) + ".") if parts else ""
 
 
 def runs_section(runs: RunSet) -> list[str]:

@@ -31,6 +31,13 @@ FASHION_DATA = (" Fashion-MNIST stands in for KMNIST (not obtainable offline her
                 "balance, with the paper's KMNIST setup (784-256-256-10, batch 512, lr 5e-4, affine augmentation). "
                 "The paper's KMNIST numbers are not expected to carry over one to one.")
 DATA_NOTES = {"higgs": HIGGS_DATA, "fashion-mnist": FASHION_DATA}
+INIT_NAMES = {"paper": "the paper's (weights +-1/k, biases +-1/sqrt(k), k the active fan-in)",
+              "kaiming": "PyTorch's nn.Linear rule (weights and biases +-1/sqrt(k))"}
+
+WOODTAYLOR_GRID = ("Redr-Woodtaylor runs here with dampening lambda = {lam:g} (block {block}): the winner of the paper's "
+                   "own lambda ablation (section 4.3.3), not the value its main grid used (the paper does not state that "
+                   "one, and names the missing tuning as the likely cause of Woodtaylor's weak main-grid results): "
+                   "Woodtaylor is tuned here, in the paper's main grid it was not.\n")
 
 QUICK_KEEPS = (". Architectures, batch sizes, learning rates, the schedule's shape (alpha0 = 0.5, cosine decay to 0 "
                "at 3/4 of the epochs), every algorithm, density and baseline are the paper's. Fewer epochs mean less "

@@ -59,6 +59,8 @@ def accuracy_section(runs: RunSet) -> Section:
         groups = group(grid, lambda r: (r.algorithm, r.density if r.model == "sparse" else None))
         figures.save(figures.accuracy_figure(groups, densities, ds), path, dpi=90)
         s.add(_link(runs, path, prose.ACCURACY_CAPTION.format(ds=dataset_title(ds))))
+        if any(r.algorithm == "woodtaylor" for r in grid):
+            s.add(prose.WOODTAYLOR_GRID.format(lam=WOODTAYLOR_LAMBDA, block=WOODTAYLOR_BLOCK))
     return s
 
 
