@@ -8,6 +8,10 @@ from redr.experiments.report.claims import LEVEL
 
 TITLE = "# redr: reproduction of *Weight Redistribution Algorithms for Sparse Neural Networks*\n"
 
+DEVIATIONS = ("Every place where redr reads the paper one way among several, or departs from it (the init of the dense "
+              "baselines, the collapse guard, the dampening, the data used, ...), is listed with its reason, code and test "
+              "in [docs/deviations.md](../../docs/deviations.md).")
+
 NUMBERS = ("Numbers are test accuracy in percent, mean ± std over seeds (sample std; 0 with one seed), of the run's "
            "last epoch (\"final\") or its best epoch (\"best\").")
 
