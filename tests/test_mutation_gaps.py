@@ -9,6 +9,7 @@ import torch
 from redr.redistribution import InvariantError, LayerPlan, RedistributionPlan, RedistributionSchedule, apply_plan
 from redr.redistribution.mechanism.invariants import check_invariants
 from redr.redistribution.mechanism.plan import no_growth
+from redr.redistribution.selection.budget import water_fill
 from redr.sparse import SparseLinear
 from redr.sparse.layer import TopologyChange
 
@@ -20,6 +21,13 @@ def test_a_one_epoch_schedule_is_valid_and_the_errors_name_the_field():
                        ({"total_epochs": 5, "alpha0": -0.1}, "alpha0"), ({"total_epochs": 5, "end_fraction": 1.5}, "end_fraction")):
         with pytest.raises(ValueError, match=field):
             RedistributionSchedule(**bad)
+
+
+def test_the_bounds_of_alpha0_and_end_fraction_are_valid():
+    """[0, 1] both ends included: alpha0 = 0 or end_fraction = 0 mean no redistribution, alpha0 = 1 moves all."""
+    assert RedistributionSchedule(total_epochs=5, alpha0=0.0).epochs() == []
+    assert RedistributionSchedule(total_epochs=5, end_fraction=0.0).epochs() == []
+    assert RedistributionSchedule(total_epochs=5, alpha0=1.0).alpha(0) == 1.0
 
 
 def test_alpha_before_an_end_epoch_of_at_most_one():
@@ -92,6 +100,16 @@ def test_the_invariant_check_refuses_duplicate_or_unsorted_indices(n_weights, br
         check_invariants(layer, TopologyChange(n_weights, n_weights, same, same, same[:0]), LayerPlan.empty(), keys)
 
 
+def test_the_invariant_check_compares_exact_keys_of_a_layer_past_2_to_the_24_positions():
+    """Keys 2**24 and 2**24 + 1 (row 4096, columns 0 and 1 of a 4097 x 4096 layer) are distinct; in float32
+    they would be one number."""
+    layer = SparseLinear.from_topology(4096, 4097, torch.tensor([4096, 4096]), torch.tensor([0, 1]))
+    keys = layer.layout.keys(torch.int32)
+    assert keys.tolist() == [2**24, 2**24 + 1]
+    same = torch.arange(2)
+    check_invariants(layer, TopologyChange(2, 2, same, same, same[:0]), LayerPlan.empty(), keys)
+
+
 def adam_with_state(layer: SparseLinear, exp_avg: torch.Tensor) -> torch.optim.Optimizer:
     opt = torch.optim.Adam([layer.values])
     opt.state[layer.values] = {"step": torch.tensor(1.0), "exp_avg": exp_avg, "exp_avg_sq": torch.zeros(layer.nnz)}
@@ -132,3 +150,12 @@ def test_the_invariant_check_accepts_new_weights_and_moments_at_zero():
     opt = adam_with_state(layer, torch.tensor([0.3, -0.2, 0.0, 0.1]))  # only the new weight's moment must be 0
     check_invariants(layer, TopologyChange(4, 4, same, same, torch.tensor([2])), LayerPlan.empty(),
                      layer.layout.keys(torch.int64), [opt])
+
+
+# ---------------------------------------------------------------- budgets
+def test_water_fill_returns_int64_and_nothing_for_a_negative_total():
+    """(test_gradient_algorithms checks the shares against round-robin.) Shares are int64 whatever the
+    capacities' dtype, and a total <= 0 hands out nothing."""
+    got = water_fill(5, torch.tensor([1, 3, 3], dtype=torch.int32))
+    assert got.dtype == torch.int64 and got.tolist() == [1, 2, 2]
+    assert water_fill(-2, torch.tensor([1, 1, 1, 1])).tolist() == [0, 0, 0, 0]
