@@ -9,7 +9,7 @@ import torch
 from redr.redistribution import InvariantError, LayerPlan, RedistributionPlan, RedistributionSchedule, apply_plan
 from redr.redistribution.mechanism.invariants import check_invariants
 from redr.redistribution.mechanism.plan import no_growth
-from redr.redistribution.selection.budget import water_fill
+from redr.redistribution.selection.budget import CollapseGuard, GlobalGrowthBudget, neuron_shares, water_fill
 from redr.sparse import SparseLinear
 from redr.sparse.layer import TopologyChange
 
@@ -159,3 +159,18 @@ def test_water_fill_returns_int64_and_nothing_for_a_negative_total():
     got = water_fill(5, torch.tensor([1, 3, 3], dtype=torch.int32))
     assert got.dtype == torch.int64 and got.tolist() == [1, 2, 2]
     assert water_fill(-2, torch.tensor([1, 1, 1, 1])).tolist() == [0, 0, 0, 0]
+
+
+def test_neuron_shares_extend_past_the_selected_when_they_cannot_take_the_total():
+    """One neuron selected with room for 1 of 3: the next in rank order takes the other 2."""
+    assert neuron_shares(3, torch.tensor([1, 5, 5]), 1).tolist() == [1, 2, 0]
+
+
+def test_the_global_growth_budget_reports_its_floors_and_the_layers_it_held_back():
+    """Floors of 3 weights: a 4-weight layer can give 1 of the 2 that alpha = 0.5 asks, a 10-weight layer all 5."""
+    layers = [SparseLinear.from_topology(4, 2, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3])),
+              SparseLinear.from_topology(5, 2, torch.arange(10) // 5, torch.arange(10) % 5)]
+    budget = GlobalGrowthBudget(CollapseGuard(min_layer_fraction=0.0, min_weights_per_layer=3))
+    removes, info = budget.remove((layer.values.detach().abs() for layer in layers), layers, 0.5)
+    assert [r.numel() for r in removes] == [1, 5]
+    assert info == {"floors": [3, 3], "guarded_layers": [0]}
