@@ -9,7 +9,7 @@ import torch
 from redr.redistribution import InvariantError, LayerPlan, RedistributionPlan, RedistributionSchedule, apply_plan
 from redr.redistribution.mechanism.invariants import check_invariants
 from redr.redistribution.mechanism.plan import no_growth
-from redr.redistribution.selection.budget import CollapseGuard, GlobalGrowthBudget, neuron_shares, water_fill
+from redr.redistribution.selection.budget import CollapseGuard, GlobalGrowthBudget, neuron_shares, proportional_shares, water_fill
 from redr.sparse import SparseLinear
 from redr.sparse.layer import TopologyChange
 
@@ -174,3 +174,11 @@ def test_the_global_growth_budget_reports_its_floors_and_the_layers_it_held_back
     removes, info = budget.remove((layer.values.detach().abs() for layer in layers), layers, 0.5)
     assert [r.numel() for r in removes] == [1, 5]
     assert info == {"floors": [3, 3], "guarded_layers": [0]}
+
+
+def test_proportional_shares_give_the_remainder_to_the_largest_fraction_and_split_zero_sizes_equally():
+    """10 over sizes 1 : 2 is 3.33 / 6.67: the one left over goes to the larger fraction (the second).
+    Sizes all 0 split equally (ties to the earlier item), within the capacities."""
+    assert proportional_shares(10, [1, 2]) == [3, 7]
+    assert proportional_shares(5, [0, 0], capacity=[3, 3]) == [3, 2]
+    assert proportional_shares(4, [0, 0], capacity=[1, 5]) == [1, 3]
