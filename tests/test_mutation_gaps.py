@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from redr.redistribution import InvariantError, LayerPlan, RedistributionPlan, RedistributionSchedule, apply_plan
+from redr.redistribution import InvariantError, RedistributionContext, LayerPlan, RedistributionPlan, RedistributionSchedule, apply_plan
+from redr.redistribution.algorithms.gradient import RedrGradient
 from redr.redistribution.mechanism.invariants import check_invariants
 from redr.redistribution.mechanism.plan import no_growth
 from redr.redistribution.selection.budget import CollapseGuard, GlobalGrowthBudget, neuron_shares, proportional_shares, water_fill
@@ -182,3 +183,18 @@ def test_proportional_shares_give_the_remainder_to_the_largest_fraction_and_spli
     assert proportional_shares(10, [1, 2]) == [3, 7]
     assert proportional_shares(5, [0, 0], capacity=[3, 3]) == [3, 2]
     assert proportional_shares(4, [0, 0], capacity=[1, 5]) == [1, 3]
+
+
+# ---------------------------------------------------------------- growth
+def test_redr_gradient_grows_a_single_weight_too():
+    """Layers of 8, 4 and 2 weights at alpha 0.3 give floor(0.3 * nnz) = 2, 1 and 0 and grow as many."""
+    g = torch.Generator().manual_seed(0)
+    layers = [SparseLinear.from_topology(4, 4, torch.arange(8) // 2, torch.arange(8) % 4, generator=g),
+              SparseLinear.from_topology(4, 3, torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 3]), generator=g),
+              SparseLinear.from_topology(3, 2, torch.tensor([0, 1]), torch.tensor([0, 1]), generator=g)]
+    model = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1], torch.nn.ReLU(), layers[2])
+    x, y = torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)
+    ctx = RedistributionContext(model, layers, 0.3, torch.Generator().manual_seed(0),
+                                torch.nn.functional.cross_entropy, [(x, y)])
+    plan = RedrGradient().plan(ctx)
+    assert [lp.remove.numel() for lp in plan.layers] == [lp.grow.shape[1] for lp in plan.layers] == [2, 1, 0]
