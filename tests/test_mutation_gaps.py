@@ -10,6 +10,7 @@ from redr.redistribution import InvariantError, RedistributionContext, LayerPlan
 from redr.redistribution.algorithms.gradient import RedrGradient
 from redr.redistribution.mechanism.invariants import check_invariants
 from redr.redistribution.mechanism.plan import no_growth
+from redr.redistribution.selection import global_smallest, random_inactive_keys
 from redr.redistribution.selection.budget import CollapseGuard, GlobalGrowthBudget, neuron_shares, proportional_shares, water_fill
 from redr.sparse import SparseLinear
 from redr.sparse.layer import TopologyChange
@@ -198,3 +199,17 @@ def test_redr_gradient_grows_a_single_weight_too():
                                 torch.nn.functional.cross_entropy, [(x, y)])
     plan = RedrGradient().plan(ctx)
     assert [lp.remove.numel() for lp in plan.layers] == [lp.grow.shape[1] for lp in plan.layers] == [2, 1, 0]
+
+
+# ---------------------------------------------------------------- selection
+def test_the_collapse_guard_accepts_a_fraction_of_one_and_names_a_bad_minimum():
+    assert CollapseGuard(min_layer_fraction=1.0).min_layer_fraction == 1.0
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="^min_weights_per_layer must be a non-negative integer or None"):
+            CollapseGuard(min_weights_per_layer=bad)
+
+
+def test_no_growth_is_an_int64_empty_set_and_no_layers_choose_nothing():
+    keys = random_inactive_keys(torch.tensor([0, 1]), 2, 3, torch.Generator().manual_seed(0))  # nothing is free
+    assert keys.dtype == torch.int64 and keys.numel() == 0
+    assert global_smallest([], 3, []) == ([], [])
