@@ -182,6 +182,8 @@ def test_proportional_shares_give_the_remainder_to_the_largest_fraction_and_spli
     """10 over sizes 1 : 2 is 3.33 / 6.67: the one left over goes to the larger fraction (the second).
     Sizes all 0 split equally (ties to the earlier item), within the capacities."""
     assert proportional_shares(10, [1, 2]) == [3, 7]
+    assert proportional_shares(10, [3, 5]) == [4, 6]  # 3.75 / 6.25: the larger fraction, not the larger item
+    assert proportional_shares(14, [1, 1, 1], capacity=[1, 6, 7]) == [1, 6, 7]  # exactly full: every item at capacity
     assert proportional_shares(5, [0, 0], capacity=[3, 3]) == [3, 2]
     assert proportional_shares(4, [0, 0], capacity=[1, 5]) == [1, 3]
 
@@ -213,3 +215,9 @@ def test_no_growth_is_an_int64_empty_set_and_no_layers_choose_nothing():
     keys = random_inactive_keys(torch.tensor([0, 1]), 2, 3, torch.Generator().manual_seed(0))  # nothing is free
     assert keys.dtype == torch.int64 and keys.numel() == 0
     assert global_smallest([], 3, []) == ([], [])
+
+
+def test_asking_for_more_than_is_free_gives_every_free_position():
+    """90 of 100 positions active, 20 asked: the 10 free ones (90..99), whichever way they are drawn."""
+    keys = random_inactive_keys(torch.arange(90), 100, 20, torch.Generator().manual_seed(0))
+    assert keys.tolist() == list(range(90, 100))
