@@ -6,7 +6,7 @@ state and generator states, bit for bit, as the same run done in one go (CPU).
 The runs are tiny Fashion-MNIST runs (512 training rows, 784-24-24-10 at density 0.2, batch 64, 4 epochs,
 random affine augmentation on): every random stream is exercised (init, data order, augmentation,
 redistribution). Killed runs are real subprocesses (``python -m redr train`` or ``redr.cli.main`` under a
-small wrapper that pauses at the moment to kill); resumes run the CLI in this process, with the dataset
+small wrapper that pauses at the moment to kill, or that signals itself after a known optimizer step); resumes run the CLI in this process, with the dataset
 read once per test session.
 """
 from __future__ import annotations
@@ -245,20 +245,40 @@ def test_kill9_after_half_the_epochs_then_resume_is_bit_identical(tmp_path, shar
     assert_same_run(reference(algorithm), out)
 
 
+SIGNALLING_CHILD = textwrap.dedent('''
+    """redr train that sends SIGTERM to its own process right after a chosen global optimizer step: the real
+    signal path (handler, mid-epoch checkpoint, exit 130) at a known step, not at a moment guessed by timing."""
+    import os, signal, sys
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    at, argv = int(sys.argv[1]), sys.argv[2:]
+    count = [0]
+
+    def hook(optimizer, args, kwargs):
+        count[0] += 1
+        if count[0] == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    register_optimizer_step_post_hook(hook)
+    from redr.cli import main
+    sys.exit(main(argv))
+''')
+
+
 def test_sigterm_to_the_command_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, shared_data_dir, capsys):
-    """An external SIGTERM: the command finishes its step, saves, exits 130; the resume matches one go."""
-    args = fm_args(shared_data_dir, batch_size=32)  # 16 steps per epoch: the signal mostly lands inside an epoch
+    """A SIGTERM to the command's process: it finishes its step, saves, exits 130; the resume matches one go.
+    The signal is sent from inside the process after global step 2 * 16 + 5 (epoch 3, step 5)."""
+    args = fm_args(shared_data_dir, batch_size=32)  # 16 steps per epoch
+    steps, epoch, step = 16, 2, 5
     ref = tmp_path / "ref"
     assert cli(args + ["--out", str(ref)])[0] == 0
-    out = tmp_path / "run"
-    proc = start([sys.executable, "-m", "redr", "train", *args, "--out", str(out)], tmp_path)
-    wait_for(out / checkpoint.CHECKPOINT, proc)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    out, child = tmp_path / "run", tmp_path / "signalling_child.py"
+    child.write_text(SIGNALLING_CHILD)
+    proc = start([sys.executable, str(child), str(epoch * steps + step), "train", *args, "--out", str(out)], tmp_path)
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "SIGTERM received" in stdout and "interrupted" in stderr
     state = checkpoint.read(out / checkpoint.CHECKPOINT)
-    assert state["epoch"] < EPOCHS
+    assert (state["epoch"], state["step_in_epoch"]) == (epoch, step)
     code, err = cli(["--resume", str(out), "--no-progress"], capsys)
     assert code == 0, err
     assert_same_run(ref, out)
