@@ -23,7 +23,7 @@ def check_invariants(layer: SparseLinear, change: TopologyChange, lp: LayerPlan,
     """
     expected = change.old_nnz - lp.remove.numel() + lp.grow.shape[1]
     if layer.nnz != expected or change.new_nnz != expected:
-        raise InvariantError(f"nnz {layer.nnz} after the step, planned {expected}")
+        raise InvariantError(f"nnz {layer.nnz} after the step (change record: {change.new_nnz}), planned {expected}")
     keys = layer.layout.keys(old_keys.dtype)
     if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
         raise InvariantError("duplicate or unsorted indices after the step")
