@@ -279,3 +279,16 @@ def test_a_run_saved_before_the_distribution_options_existed_resumes_as_uniform(
     assert config_differences(saved, config.to_dict()) == []
     assert config_differences(saved, {**config.to_dict(), "distribution": "erk"}) == [
         "distribution: saved 'uniform', requested 'erk'"]
+
+
+def test_a_run_saved_before_this_release_resumes_with_the_init_and_layout_it_was_trained_with():
+    """A config.json written before ``init``, ``arch``, ``validation_rows`` and the distribution options existed
+    is read as the code then behaved (paper init, an MLP, no held-out rows, uniform): resuming it is allowed,
+    asking for another init is a named difference."""
+    from redr.training.resume import config_differences
+
+    config = RunConfig.from_options(dataset="synthetic")
+    new = ("distribution", "fan_in", "init", "arch", "validation_rows")
+    saved = {k: v for k, v in config.to_dict().items() if k not in new}
+    assert config.init == "paper" and config_differences(saved, config.to_dict()) == []
+    assert config_differences(saved, {**config.to_dict(), "init": "kaiming"}) == ["init: saved 'paper', requested 'kaiming'"]

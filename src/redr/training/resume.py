@@ -20,7 +20,7 @@ from redr.errors import UsageError
 from redr.sparse.convert import sparse_layers
 from redr.sparse.validate import validate_csr
 from redr.training.checkpoint import CheckpointError
-from redr.training.config import RunConfig
+from redr.training.config import with_legacy_defaults
 
 REQUIRED = ("config", "epoch", "step_in_epoch", "model", "optimizer", "generators", "rng", "metrics")
 
@@ -155,7 +155,7 @@ def validate_checkpoint(state: dict, trainer) -> None:
 
 
 def config_differences(saved: dict, requested: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
-    saved = {**RunConfig().to_dict(), **saved}  # options added since the run was saved count as their defaults
+    saved = with_legacy_defaults(saved)  # options added since the run was saved: as the code then behaved
     keys = sorted((set(saved) | set(requested)) - set(ignore))
     return [f"{k}: saved {saved.get(k)!r}, requested {requested.get(k)!r}" for k in keys if saved.get(k) != requested.get(k)]
 
