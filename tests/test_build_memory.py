@@ -94,6 +94,11 @@ def test_a_given_topology_with_uneven_rows_is_built_as_before(chunk):
     assert_same_layer(layer, *whole_layer(6, 10, rows, cols, torch.Generator().manual_seed(5)))
 
 
+def test_a_csr_topology_of_another_shape_is_refused():
+    with pytest.raises(redr.sparse.TopologyError, match="needs crow of 5 entries"):
+        SparseLinear(10, 4, topology=topology.CSRTopology(torch.tensor([0, 1, 2]), torch.tensor([0, 1])))
+
+
 def test_a_chunk_holds_whole_rows_and_the_chunks_cover_the_layer():
     crow = torch.tensor([0, 3, 3, 10, 11, 11, 20], dtype=torch.int32)
     chunks = list(topology.row_chunks(crow, 4))
