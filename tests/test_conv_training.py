@@ -40,6 +40,8 @@ def test_train_arch_cnn_and_load_its_checkpoint(tmp_path, capsys, model, algorit
             "--epochs", "2", "--train-rows", "128", "--test-rows", "64", "--batch-size", "64", "--no-download",
             "--no-progress", "--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
+    start = capsys.readouterr().out.splitlines()[0]  # the start line names the CNN, not an MLP's "784-10"
+    assert start.startswith("fashion-mnist: cnn ") and "parameter-equivalent" not in start, start
     loaded, config = redr.load_checkpoint(out)
     assert config.arch == "cnn"
     convs = [m for m in loaded.modules() if isinstance(m, SparseConv2d)]

@@ -362,10 +362,12 @@ class Trainer:
         kind = {"sparse": f"sparse {c.layer_distribution().describe()}{spread} ({c.algorithm})",
                 "dense-neuron": "dense (neuron-equivalent)",
                 "dense-param": "dense (parameter-equivalent)"}[c.model]
-        return (f"{c.dataset}: {'-'.join(map(str, s.sizes))} {kind}, {s.weights:,} weights; "
-                f"sparse net {s.sparse_weights:,} weights, neuron-equivalent dense {s.neuron_equivalent_weights:,}, "
-                f"parameter-equivalent dense {'-'.join(map(str, s.parameter_equivalent_sizes))} "
-                f"{s.parameter_equivalent_weights:,}; {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "
+        net = "-".join(map(str, s.sizes)) if c.arch == "mlp" else f"{c.arch} (docs/conv.md)"
+        param_eq = (f", parameter-equivalent dense {'-'.join(map(str, s.parameter_equivalent_sizes))} "
+                    f"{s.parameter_equivalent_weights:,}") if s.parameter_equivalent_sizes else ""  # an MLP notion
+        return (f"{c.dataset}: {net} {kind}, {s.weights:,} weights; "
+                f"sparse net {s.sparse_weights:,} weights, neuron-equivalent dense {s.neuron_equivalent_weights:,}"
+                f"{param_eq}; {c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "
                 f"init {c.init}, device {self.device}"
                 + (f", {c.validation_rows:,} training rows held out for validation" if c.validation_rows else ""))
 
