@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from redr.errors import UsageError
+from redr.sparse.conv_direct import CONV_ALGORITHMS
 from redr.sparse.conv_kernels import ConvGeometry, SparseConv2dFunction
 from redr.sparse.distribution import LayerShape, check_density, layer_fan_in
 from redr.sparse.matrix import SparseMatrixModule
@@ -53,6 +54,9 @@ class SparseConv2d(SparseMatrixModule):
             or ``dense``, as for :class:`~redr.sparse.SparseLinear`.
         topology: ``(rows, cols)`` of active matrix entries (row-major, no duplicates) instead of ``density``.
         name: the layer's name in error messages.
+        algorithm: the numba backend's algorithm: ``auto`` (the measured rule of
+            :func:`~redr.sparse.conv_direct.use_direct`), ``direct`` (:mod:`redr.sparse.conv_direct`) or
+            ``unfold`` (unfold + SpMM, :mod:`redr.sparse.conv_kernels`); other backends ignore it.
 
     ``in_features``/``out_features`` are the matrix's dims (``in_channels * kh * kw``, ``out_channels``).
     Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` the channel's active fan-in
@@ -63,9 +67,12 @@ class SparseConv2d(SparseMatrixModule):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", density: float | None = None,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
                  topology: tuple[torch.Tensor, torch.Tensor] | None = None, name: str = "SparseConv2d",
-                 init: str = "paper"):
+                 init: str = "paper", algorithm: str = "auto"):
         super().__init__()
         check_convertible_conv(name, groups, padding_mode, padding)
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"layer {name!r}: unknown algorithm {algorithm!r}; choose one of {', '.join(CONV_ALGORITHMS)}")
+        self.algorithm = algorithm
         kh, kw = _pair(kernel_size)
         geometry = ConvGeometry((kh, kw), _pair(stride), _pair(padding), _pair(dilation))
         if min(in_channels, out_channels, kh, kw) < 1 or min(geometry.stride + geometry.dilation) < 1 or min(geometry.padding) < 0:
@@ -103,7 +110,7 @@ class SparseConv2d(SparseMatrixModule):
             weight = self.values.new_zeros(shape[0] * shape[1]).index_put((self.flat_positions(),), self.values)
             weight = weight.view(self.out_channels, self.in_channels, *g.kernel)
             return F.conv2d(x, weight, self.bias, g.stride, g.padding, g.dilation)
-        return SparseConv2dFunction.apply(x, self.values, self.bias, self.layout, backend, g)
+        return SparseConv2dFunction.apply(x, self.values, self.bias, self.layout, backend, g, self.algorithm)
 
     def extra_repr(self) -> str:
         g = self.geometry

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from redr.sparse import kernels
+from redr.sparse.conv_direct import DirectConv, use_direct
 
 if kernels.HAVE_NUMBA:
     from numba import njit, prange
@@ -136,28 +137,43 @@ class SparseConv2dFunction(torch.autograd.Function):
     """``conv2d(x, W, b)`` for a CSR weight matrix; backward gives grads of ``x``, of the values only, and of ``b``."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, layout, backend, geometry):
+    def forward(ctx, x, values, bias, layout, backend, geometry, algorithm="auto"):
         batch, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"input {tuple(x.shape)} is smaller than the kernel ({geometry})")
+        ctx.layout, ctx.backend, ctx.geometry, ctx.has_bias = layout, backend, geometry, bias is not None
+        ctx.input_size = (batch, (height, width))
+        ctx.direct = use_direct(algorithm, geometry, backend, x.dtype)
+        if ctx.direct:  # the padded (C, H, W, N) input is all the backward keeps
+            xpad = DirectConv.pad_input(x, geometry)
+            ctx.save_for_backward(xpad, values)
+            return DirectConv.forward(layout, values, bias, xpad, geometry, (out_h, out_w))
         colsT = geometry.unfold(x, backend)
         yT = kernels.spmm(layout.crow, layout.col, values, colsT, layout.shape, bias, backend)
         ctx.save_for_backward(colsT, values)
-        ctx.layout, ctx.backend, ctx.geometry, ctx.has_bias = layout, backend, geometry, bias is not None
-        ctx.input_size = (batch, (height, width))
         return yT.view(-1, batch, out_h, out_w).transpose(0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):
-        colsT, values = ctx.saved_tensors
+        saved, values = ctx.saved_tensors
         layout, backend = ctx.layout, ctx.backend
-        gT = channel_major(grad_out)
         grad_x = grad_values = grad_bias = None
+        if ctx.direct:
+            g = DirectConv.grad_out(grad_out)
+            batch, (height, width) = ctx.input_size
+            if ctx.needs_input_grad[0]:
+                grad_x = DirectConv.grad_input(layout, values, g, ctx.geometry, (batch, saved.shape[0], height, width))
+            if ctx.needs_input_grad[1]:
+                grad_values = DirectConv.grad_values(layout, g, saved, ctx.geometry)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_bias = g.view(g.shape[0], -1).sum(1)
+            return grad_x, grad_values, grad_bias, None, None, None, None
+        gT = channel_major(grad_out)
         if ctx.needs_input_grad[0]:
             grad_x = ctx.geometry.grad_input(layout, values, gT, *ctx.input_size, backend)
         if ctx.needs_input_grad[1]:
-            grad_values = kernels.sddmm(layout.crow, layout.col, gT, colsT, layout.shape, backend)
+            grad_values = kernels.sddmm(layout.crow, layout.col, gT, saved, layout.shape, backend)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = gT.sum(1)
-        return grad_x, grad_values, grad_bias, None, None, None
+        return grad_x, grad_values, grad_bias, None, None, None, None
