@@ -81,9 +81,34 @@ def test_direct_and_unfold_agree_and_auto_follows_the_rule():
         results[a] = (xi.grad, layer.values.grad)
     for got, want in zip(results["direct"], results["unfold"]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    chosen = "direct" if use_direct("auto", layers["auto"].geometry, "numba", torch.float32) else "unfold"
+    chosen = "direct" if use_direct("auto", layers["auto"].geometry, "numba", torch.float32, 5, 9) else "unfold"
+    assert use_direct("auto", layers["auto"].geometry, "numba", torch.float32, 128, 14)
+    assert not use_direct("auto", layers["auto"].geometry, "numba", torch.float32, 1, 14)
+    assert not use_direct("direct", layers["auto"].geometry, "torch", torch.float32, 128, 14)
     for got, want in zip(results["auto"], results[chosen]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("run_floats, chunk_bytes", [(1, 2**30), (8, 1), (2**30, 2000)])
+def test_direct_kernels_split_rows_into_column_runs(monkeypatch, run_floats, chunk_bytes):
+    """Rows longer than ``RUN_FLOATS`` are cut into column tiles (one column at ``1``; 4, 4, 1 columns at ``8``),
+    the batch into chunks of at most ``CHUNK_BYTES`` of padded input (one sample each at ``1``, 2 + 1 at ``2000``)."""
+    from redr.sparse import conv_direct
+
+    monkeypatch.setattr(conv_direct, "RUN_FLOATS", run_floats)
+    monkeypatch.setattr(conv_direct, "CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(6)
+    rows, cols = random_topology(4, 3 * 3 * 3, 0.5, gen)
+    layer = SparseConv2d.from_topology(3, 4, 3, rows, cols, padding=1, generator=gen, backend="numba", algorithm="direct")
+    x = torch.randn(3, 3, 5, 9, generator=gen, requires_grad=True)  # a padded sample: 3 * 7 * 11 * 4 = 924 bytes
+    y = layer(x)
+    gy = torch.randn(y.shape, generator=gen)
+    y.backward(gy)
+    ry, rgx, rgw, _ = reference(layer, x, gy)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y.double(), ry, **tol)
+    torch.testing.assert_close(x.grad.double(), rgx, **tol)
+    torch.testing.assert_close(layer.values.grad.double(), rgw, **tol)
 
 
 def test_unknown_algorithm_is_refused():

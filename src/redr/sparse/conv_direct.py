@@ -29,19 +29,39 @@ from redr.sparse import kernels
 #: ``SparseConv2d(algorithm=...)`` values: which CPU (numba) algorithm computes the convolution.
 CONV_ALGORITHMS = ("auto", "direct", "unfold")
 
+#: Numbers per contiguous run (output columns x batch) in the direct kernels, at most. Measured on
+#: 64 -> 64, 3x3, 28x28, batch 128, d=0.1 (docs/conv.md): runs of 512 / 1,024 / 2,048 numbers (column tiles,
+#: a tile at a time down all rows) were 1.6x / 1.5x / 1.1x slower than whole rows (3,584), so rows are cut
+#: only beyond 65,536 numbers. Read at call time (a test shrinks it).
+RUN_FLOATS = 65536
+
+#: Padded input bytes per batch chunk: the direct kernels run a chunk of the batch at a time. Measured on
+#: 64 -> 64, 3x3, batch 128, d=0.1 (docs/conv.md): chunks of 1 MiB / 256 KiB were 3-4x / 11-17x slower than
+#: none (shorter runs), 16 MiB (two chunks at 28x28, none at 14x14) was within the noise of none. Read at call time.
+CHUNK_BYTES = 16 * 2**20
+
+#: ``algorithm="auto"`` takes the direct kernels when a contiguous run (output row x batch, or the batch
+#: alone when the width stride is above 1) has at least this many numbers, unfold + SpMM otherwise.
+DIRECT_MIN_RUN = 128
+
 if kernels.HAVE_NUMBA:
     import numba
     import numpy as np
     from numba import njit, prange
 
     @njit(cache=True)
-    def _runs(oh, i, j, sh, sw, dh, dw, out_w, width_p, batch, sw_run):  # pragma: no cover - compiled
-        """Start in the output row's channel, start in the padded input channel, of run ``sw_run`` of output row
-        ``oh`` for tap ``(i, j)`` (one run per row when the width stride is 1, one per column otherwise)."""
-        ih = oh * sh + i * dh
-        if sw == 1:
-            return oh * out_w * batch, (ih * width_p + j * dw) * batch
-        return (oh * out_w + sw_run) * batch, (ih * width_p + sw_run * sw + j * dw) * batch
+    def run_columns(sw, batch, out_w, run_floats):  # pragma: no cover - compiled
+        """Output columns per run: ``run_floats // batch`` (at least 1) with width stride 1, else 1."""
+        return max(1, min(out_w, run_floats // batch)) if sw == 1 else 1
+
+    @njit(cache=True)
+    def _runs(oh, i, j, sh, sw, dh, dw, out_w, width_p, batch, cols, r):  # pragma: no cover - compiled
+        """Run ``r`` of output row ``oh`` for tap ``(i, j)``: its start in the output channel, its start in the
+        padded input channel and its length. A run is ``cols`` output columns (``cols = 1`` when the width
+        stride is above 1: then only ``batch`` numbers are contiguous)."""
+        ow0 = r * cols
+        length = (min(out_w, ow0 + cols) - ow0) * batch
+        return (oh * out_w + ow0) * batch, ((oh * sh + i * dh) * width_p + ow0 * sw + j * dw) * batch, length
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _pad_to_chwn(x, ph, pw, out):  # pragma: no cover - compiled
@@ -74,33 +94,34 @@ if kernels.HAVE_NUMBA:
     def _from_chwn(src, ph, pw, out):  # pragma: no cover - compiled
         """``out[n, c, h, w] = src[c, h + ph, w + pw, n]`` (a result back to NCHW, cropping a padding)."""
         batch, channels, height, width = out.shape
-        for c in prange(channels):
+        for c in prange(channels):  # batch outer: contiguous writes (3x faster than batch inner at 28x28)
             for h in range(height):
-                for w in range(width):
-                    for n in range(batch):
+                for n in range(batch):
+                    for w in range(width):
                         out[n, c, h, w] = src[c, h + ph, w + pw, n]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _forward_direct(crow, col, vals, xpad, bias, kh, kw, sh, sw, dh, dw, out):  # pragma: no cover - compiled
+    def _forward_direct(crow, col, vals, xpad, bias, kh, kw, sh, sw, dh, dw, run_floats, out):  # pragma: no cover - compiled
         """``out[o, oh, ow, :] = bias[o] + sum_k vals[k] * xpad[c_k, oh*sh + i_k*dh, ow*sw + j_k*dw, :]``."""
         n_out, out_h, out_w, batch = out.shape
         width_p = xpad.shape[2]
         taps = kh * kw
-        runs, run_len = (1, out_w * batch) if sw == 1 else (out_w, batch)
+        cols = run_columns(sw, batch, out_w, run_floats)
+        runs = (out_w + cols - 1) // cols
         for o in prange(n_out):
             acc = out[o].reshape(out_h * out_w * batch)
             acc[:] = bias[o]
             start, end = crow[o], crow[o + 1]
-            for oh in range(out_h):
-                for r in range(runs):
+            for r in range(runs):  # a column tile at a time down all rows: its input rows stay in L2
+                for oh in range(out_h):
                     k = start
                     while k + 4 <= end:
                         c0, c1, c2, c3 = col[k] // taps, col[k + 1] // taps, col[k + 2] // taps, col[k + 3] // taps
                         t0, t1, t2, t3 = col[k] % taps, col[k + 1] % taps, col[k + 2] % taps, col[k + 3] % taps
-                        d, s0 = _runs(oh, t0 // kw, t0 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
-                        d, s1 = _runs(oh, t1 // kw, t1 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
-                        d, s2 = _runs(oh, t2 // kw, t2 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
-                        d, s3 = _runs(oh, t3 // kw, t3 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
+                        d, s0, run_len = _runs(oh, t0 // kw, t0 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
+                        d, s1, run_len = _runs(oh, t1 // kw, t1 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
+                        d, s2, run_len = _runs(oh, t2 // kw, t2 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
+                        d, s3, run_len = _runs(oh, t3 // kw, t3 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
                         x0, x1 = xpad[c0].reshape(-1)[s0:s0 + run_len], xpad[c1].reshape(-1)[s1:s1 + run_len]
                         x2, x3 = xpad[c2].reshape(-1)[s2:s2 + run_len], xpad[c3].reshape(-1)[s3:s3 + run_len]
                         w0, w1, w2, w3 = vals[k], vals[k + 1], vals[k + 2], vals[k + 3]
@@ -110,7 +131,7 @@ if kernels.HAVE_NUMBA:
                         k += 4
                     while k < end:
                         c, t = col[k] // taps, col[k] % taps
-                        d, s = _runs(oh, t // kw, t % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
+                        d, s, run_len = _runs(oh, t // kw, t % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
                         src, w = xpad[c].reshape(-1)[s:s + run_len], vals[k]
                         a = acc[d:d + run_len]
                         for b in range(run_len):
@@ -118,7 +139,7 @@ if kernels.HAVE_NUMBA:
                         k += 1
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _grad_values_direct(crow, col, g, xpad, kh, kw, sh, sw, dh, dw, out):  # pragma: no cover - compiled
+    def _grad_values_direct(crow, col, g, xpad, kh, kw, sh, sw, dh, dw, run_floats, out):  # pragma: no cover - compiled
         """``out[k] = sum_{oh, ow, n} g[o, oh, ow, n] * xpad[c_k, oh*sh + i_k*dh, ow*sw + j_k*dw, n]``.
 
         Output row by output row (the loop order of the forward): the gradient row stays in L1 and consecutive
@@ -126,13 +147,14 @@ if kernels.HAVE_NUMBA:
         n_out, out_h, out_w, batch = g.shape
         width_p = xpad.shape[2]
         taps = kh * kw
-        runs, run_len = (1, out_w * batch) if sw == 1 else (out_w, batch)
+        cols = run_columns(sw, batch, out_w, run_floats)
+        runs = (out_w + cols - 1) // cols
         for o in prange(n_out):
             go = g[o].reshape(-1)
             start, end = crow[o], crow[o + 1]
             sums = np.zeros(end - start, dtype=np.float32)
-            for oh in range(out_h):
-                for r in range(runs):
+            for r in range(runs):  # a column tile at a time down all rows: its input rows stay in L2
+                for oh in range(out_h):
                     k = start
                     while k < end:
                         m = min(4, end - k)  # taps in this pass; missing ones repeat the last (their sums are dropped)
@@ -140,10 +162,10 @@ if kernels.HAVE_NUMBA:
                         c1, t1 = col[k + min(1, m - 1)] // taps, col[k + min(1, m - 1)] % taps
                         c2, t2 = col[k + min(2, m - 1)] // taps, col[k + min(2, m - 1)] % taps
                         c3, t3 = col[k + min(3, m - 1)] // taps, col[k + min(3, m - 1)] % taps
-                        d, s0 = _runs(oh, t0 // kw, t0 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
-                        d, s1 = _runs(oh, t1 // kw, t1 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
-                        d, s2 = _runs(oh, t2 // kw, t2 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
-                        d, s3 = _runs(oh, t3 // kw, t3 % kw, sh, sw, dh, dw, out_w, width_p, batch, r)
+                        d, s0, run_len = _runs(oh, t0 // kw, t0 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
+                        d, s1, run_len = _runs(oh, t1 // kw, t1 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
+                        d, s2, run_len = _runs(oh, t2 // kw, t2 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
+                        d, s3, run_len = _runs(oh, t3 // kw, t3 % kw, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
                         gs = go[d:d + run_len]
                         x0, x1 = xpad[c0].reshape(-1)[s0:s0 + run_len], xpad[c1].reshape(-1)[s1:s1 + run_len]
                         x2, x3 = xpad[c2].reshape(-1)[s2:s2 + run_len], xpad[c3].reshape(-1)[s3:s3 + run_len]
@@ -165,28 +187,29 @@ if kernels.HAVE_NUMBA:
             out[start:end] = sums
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _grad_input_direct(crow_t, row_t, vals_t, g, kh, kw, sh, sw, dh, dw, gxpad):  # pragma: no cover - compiled
+    def _grad_input_direct(crow_t, row_t, vals_t, g, kh, kw, sh, sw, dh, dw, run_floats, gxpad):  # pragma: no cover - compiled
         """``gxpad[c, oh*sh + i*dh, ow*sw + j*dw, :] += vals * g[o, oh, ow, :]`` over the transposed CSR, one input
-        channel per job (``gxpad`` zeroed, padded like the forward's input). Input row by input row: the row
-        being summed stays in L1 and consecutive rows reuse the gradient rows in L2."""
+        channel per job (``gxpad`` zeroed, padded like the forward's input). Column tile by tile, input row by
+        input row: the run being summed stays in L1 and consecutive rows reuse the gradient's runs in L2."""
         n_out, out_h, out_w, batch = g.shape
         channels, height_p, width_p = gxpad.shape[0], gxpad.shape[1], gxpad.shape[2]
         taps = kh * kw
-        runs, run_len = (1, out_w * batch) if sw == 1 else (out_w, batch)
+        cols = run_columns(sw, batch, out_w, run_floats)
+        runs = (out_w + cols - 1) // cols
         for c in prange(channels):
             acc = gxpad[c].reshape(-1)
-            for ih in range(height_p):
-                for i in range(kh):
-                    if (ih - i * dh) % sh != 0 or ih < i * dh:
-                        continue
-                    oh = (ih - i * dh) // sh
-                    if oh >= out_h:
-                        continue
-                    for j in range(kw):
-                        row = c * taps + i * kw + j
-                        start, end = crow_t[row], crow_t[row + 1]
-                        for r in range(runs):
-                            d, s = _runs(oh, i, j, sh, sw, dh, dw, out_w, width_p, batch, r)
+            for r in range(runs):
+                for ih in range(height_p):
+                    for i in range(kh):
+                        if (ih - i * dh) % sh != 0 or ih < i * dh:
+                            continue
+                        oh = (ih - i * dh) // sh
+                        if oh >= out_h:
+                            continue
+                        for j in range(kw):
+                            row = c * taps + i * kw + j
+                            start, end = crow_t[row], crow_t[row + 1]
+                            d, s, run_len = _runs(oh, i, j, sh, sw, dh, dw, out_w, width_p, batch, cols, r)
                             a = acc[s:s + run_len]
                             e = start
                             while e + 4 <= end:
@@ -203,64 +226,91 @@ if kernels.HAVE_NUMBA:
                                 e += 1
 
 
-def use_direct(algorithm: str, geometry, backend: str, dtype: torch.dtype) -> bool:
-    """Whether the numba path takes the direct kernels (``algorithm="auto"``: see ``docs/conv.md`` for the rule)."""
-    if backend != "numba" or dtype != torch.float32 or not kernels.HAVE_NUMBA:
+def use_direct(algorithm: str, geometry, backend: str, dtype: torch.dtype, batch: int, out_width: int) -> bool:
+    """Whether the numba path takes the direct kernels. ``auto``: when a contiguous run has at least
+    ``DIRECT_MIN_RUN`` numbers (the short runs of a small batch were what made a direct kernel lose)."""
+    if backend != "numba" or dtype != torch.float32 or not kernels.HAVE_NUMBA or algorithm == "unfold":
         return False
-    if algorithm == "auto":
+    if algorithm == "direct":
         return True
-    return algorithm == "direct"
+    run = batch * (out_width if geometry.stride[1] == 1 else 1)
+    return run >= DIRECT_MIN_RUN
+
+
+def batch_chunks(batch: int, sample_bytes: int) -> list[tuple[int, int]]:
+    """``[n0, n1)`` slices of the batch whose padded input holds at most ``CHUNK_BYTES`` (at least one sample each),
+    split evenly."""
+    per_chunk = max(1, min(batch, CHUNK_BYTES // max(1, sample_bytes)))
+    count = -(-batch // per_chunk)
+    size = -(-batch // count)
+    return [(n0, min(batch, n0 + size)) for n0 in range(0, batch, size)]
 
 
 class DirectConv:
-    """The direct kernels on torch tensors: layout changes, forward and both gradients."""
+    """The direct kernels on torch tensors, a batch chunk at a time: layout changes, forward and both gradients.
+
+    ``xpads`` is the list of the chunks' padded ``(C, Hp, Wp, n)`` inputs (what the backward keeps)."""
 
     @staticmethod
-    def pad_input(x: torch.Tensor, geometry) -> torch.Tensor:
-        """``(C, H + 2ph, W + 2pw, N)`` copy of ``x`` (``(N, C, H, W)``) with a zero border."""
-        x = x.detach().contiguous()
-        batch, channels, height, width = x.shape
+    def chunks(x_shape, geometry) -> list[tuple[int, int]]:
+        batch, channels, height, width = x_shape
         ph, pw = geometry.padding
-        xpad = x.new_empty(channels, height + 2 * ph, width + 2 * pw, batch)
-        _pad_to_chwn(x.numpy(), ph, pw, xpad.numpy())
-        return xpad
+        return batch_chunks(batch, channels * (height + 2 * ph) * (width + 2 * pw) * 4)
 
     @staticmethod
-    def forward(layout, values, bias, xpad, geometry, out_size) -> torch.Tensor:
-        """The ``(N, O, OH, OW)`` output from the padded input."""
-        n_out, batch = layout.shape[0], xpad.shape[3]
-        out = xpad.new_empty(n_out, *out_size, batch)
+    def pad_input(x: torch.Tensor, geometry) -> list[torch.Tensor]:
+        """``(C, H + 2ph, W + 2pw, n)`` copies of ``x``'s batch chunks (``x`` is ``(N, C, H, W)``), zero border."""
+        x = x.detach().contiguous()
+        _, channels, height, width = x.shape
+        ph, pw = geometry.padding
+        xpads = []
+        for n0, n1 in DirectConv.chunks(x.shape, geometry):
+            xpad = x.new_empty(channels, height + 2 * ph, width + 2 * pw, n1 - n0)
+            _pad_to_chwn(x[n0:n1].numpy(), ph, pw, xpad.numpy())
+            xpads.append(xpad)
+        return xpads
+
+    @staticmethod
+    def forward(layout, values, bias, xpads, geometry, out_size) -> torch.Tensor:
+        """The ``(N, O, OH, OW)`` output from the padded input chunks."""
+        n_out = layout.shape[0]
+        batch = sum(xpad.shape[3] for xpad in xpads)
+        y = xpads[0].new_empty(batch, n_out, *out_size)
         bias_np = (bias.detach() if bias is not None else values.new_zeros(n_out)).numpy()
-        _forward_direct(layout.crow.numpy(), layout.col.numpy(), values.detach().numpy(), xpad.numpy(), bias_np,
-                        *geometry.kernel, *geometry.stride, *geometry.dilation, out.numpy())
-        y = out.new_empty(batch, n_out, *out_size)
-        _from_chwn(out.numpy(), 0, 0, y.numpy())
+        n0 = 0
+        for xpad in xpads:
+            out = xpad.new_empty(n_out, *out_size, xpad.shape[3])
+            _forward_direct(layout.crow.numpy(), layout.col.numpy(), values.detach().numpy(), xpad.numpy(), bias_np,
+                            *geometry.kernel, *geometry.stride, *geometry.dilation, RUN_FLOATS, out.numpy())
+            _from_chwn(out.numpy(), 0, 0, y[n0:n0 + xpad.shape[3]].numpy())
+            n0 += xpad.shape[3]
         return y
 
     @staticmethod
-    def grad_out(grad: torch.Tensor) -> torch.Tensor:
-        """``(O, OH, OW, N)`` copy of an ``(N, O, OH, OW)`` output gradient."""
-        grad = grad.contiguous()
-        g = grad.new_empty(grad.shape[1], grad.shape[2], grad.shape[3], grad.shape[0])
-        _to_chwn(grad.numpy(), g.numpy())
-        return g
-
-    @staticmethod
-    def grad_values(layout, g, xpad, geometry) -> torch.Tensor:
-        out = g.new_empty(layout.col.shape[0])
-        _grad_values_direct(layout.crow.numpy(), layout.col.numpy(), g.numpy(), xpad.numpy(), *geometry.kernel,
-                            *geometry.stride, *geometry.dilation, out.numpy())
-        return out
-
-    @staticmethod
-    def grad_input(layout, values, g, geometry, input_size) -> torch.Tensor:
-        """The ``(N, C, H, W)`` input gradient (computed padded, then cropped)."""
+    def backward(layout, values, grad_out, xpads, geometry, input_size, need_x: bool, need_values: bool):
+        """The ``(N, C, H, W)`` input gradient (computed padded, then cropped) and the value gradient, either None
+        where not needed."""
+        grad_out = grad_out.contiguous()
         batch, channels, height, width = input_size
         ph, pw = geometry.padding
-        gxpad = g.new_zeros(channels, height + 2 * ph, width + 2 * pw, batch)
-        vals_t = values.detach()[layout.perm_t]
-        _grad_input_direct(layout.crow_t.numpy(), layout.row_t.numpy(), vals_t.numpy(), g.numpy(), *geometry.kernel,
-                           *geometry.stride, *geometry.dilation, gxpad.numpy())
-        gx = g.new_empty(batch, channels, height, width)
-        _from_chwn(gxpad.numpy(), ph, pw, gx.numpy())
-        return gx
+        gx = grad_out.new_empty(batch, channels, height, width) if need_x else None
+        gv = values.new_zeros(layout.col.shape[0]) if need_values else None
+        vals_t = values.detach()[layout.perm_t].numpy()
+        n0 = 0
+        for xpad in xpads:
+            n1 = n0 + xpad.shape[3]
+            chunk = grad_out[n0:n1]
+            g = chunk.new_empty(chunk.shape[1], chunk.shape[2], chunk.shape[3], chunk.shape[0])
+            _to_chwn(chunk.numpy(), g.numpy())
+            if need_x:
+                gxpad = g.new_zeros(channels, height + 2 * ph, width + 2 * pw, n1 - n0)
+                _grad_input_direct(layout.crow_t.numpy(), layout.row_t.numpy(), vals_t, g.numpy(), *geometry.kernel,
+                                   *geometry.stride, *geometry.dilation, RUN_FLOATS, gxpad.numpy())
+                _from_chwn(gxpad.numpy(), ph, pw, gx[n0:n1].numpy())
+            if need_values:
+                part = g.new_empty(layout.col.shape[0])
+                _grad_values_direct(layout.crow.numpy(), layout.col.numpy(), g.numpy(), xpad.numpy(), *geometry.kernel,
+                                    *geometry.stride, *geometry.dilation, RUN_FLOATS, part.numpy())
+                gv += part
+            n0 = n1
+        return gx, gv

@@ -144,11 +144,11 @@ class SparseConv2dFunction(torch.autograd.Function):
             raise ValueError(f"input {tuple(x.shape)} is smaller than the kernel ({geometry})")
         ctx.layout, ctx.backend, ctx.geometry, ctx.has_bias = layout, backend, geometry, bias is not None
         ctx.input_size = (batch, (height, width))
-        ctx.direct = use_direct(algorithm, geometry, backend, x.dtype)
-        if ctx.direct:  # the padded (C, H, W, N) input is all the backward keeps
-            xpad = DirectConv.pad_input(x, geometry)
-            ctx.save_for_backward(xpad, values)
-            return DirectConv.forward(layout, values, bias, xpad, geometry, (out_h, out_w))
+        ctx.direct = use_direct(algorithm, geometry, backend, x.dtype, batch, out_w)
+        if ctx.direct:  # the padded (C, H, W, n) input chunks are all the backward keeps
+            ctx.xpads = DirectConv.pad_input(x, geometry)
+            ctx.save_for_backward(values)
+            return DirectConv.forward(layout, values, bias, ctx.xpads, geometry, (out_h, out_w))
         colsT = geometry.unfold(x, backend)
         yT = kernels.spmm(layout.crow, layout.col, values, colsT, layout.shape, bias, backend)
         ctx.save_for_backward(colsT, values)
@@ -156,24 +156,25 @@ class SparseConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved, values = ctx.saved_tensors
         layout, backend = ctx.layout, ctx.backend
         grad_x = grad_values = grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2, 3))
         if ctx.direct:
-            g = DirectConv.grad_out(grad_out)
+            if ctx.xpads is None:
+                raise RuntimeError("SparseConv2d(algorithm='direct') frees its saved input after the first backward; "
+                                   "for a second backward through the same graph use algorithm='unfold'")
+            (values,) = ctx.saved_tensors
             batch, (height, width) = ctx.input_size
-            if ctx.needs_input_grad[0]:
-                grad_x = DirectConv.grad_input(layout, values, g, ctx.geometry, (batch, saved.shape[0], height, width))
-            if ctx.needs_input_grad[1]:
-                grad_values = DirectConv.grad_values(layout, g, saved, ctx.geometry)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_bias = g.view(g.shape[0], -1).sum(1)
+            size = (batch, ctx.xpads[0].shape[0], height, width)
+            grad_x, grad_values = DirectConv.backward(layout, values, grad_out, ctx.xpads, ctx.geometry, size,
+                                                      ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            ctx.xpads = None
             return grad_x, grad_values, grad_bias, None, None, None, None
+        saved, values = ctx.saved_tensors
         gT = channel_major(grad_out)
         if ctx.needs_input_grad[0]:
             grad_x = ctx.geometry.grad_input(layout, values, gT, *ctx.input_size, backend)
         if ctx.needs_input_grad[1]:
             grad_values = kernels.sddmm(layout.crow, layout.col, gT, saved, layout.shape, backend)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = gT.sum(1)
         return grad_x, grad_values, grad_bias, None, None, None, None
