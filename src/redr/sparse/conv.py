@@ -6,11 +6,12 @@ The weight ``(out_channels, in_channels, kh, kw)`` is held as the sparse matrix
 ``weight.reshape(out, -1)`` and of ``F.unfold``), so topology changes, optimizer state and state dicts are
 those of :class:`~redr.sparse.SparseLinear`, and every redistribution algorithm sees a matrix.
 
-Compute: unfold + SpMM (:mod:`redr.sparse.conv_kernels`): the input is unfolded once into
-``(in_channels * kh * kw, batch * positions)`` and the three products of a sparse linear layer (forward
-SpMM, input-gradient SpMM with the transposed CSR then fold, value-gradient SDDMM) run on it with the
-numba kernels on the CPU or torch's CSR ops (cuSPARSE) on CUDA. A direct sparse convolution (numba, no
-unfold) was measured slower; the numbers are in ``docs/conv.md``.
+Compute on the CPU (numba): a direct sparse convolution in the ``(C, H, W, N)`` layout
+(:mod:`redr.sparse.conv_direct`) where a contiguous run (output row x batch) has at least 128 numbers, else
+unfold + SpMM (:mod:`redr.sparse.conv_kernels`: the input unfolded into ``(in_channels * kh * kw,
+batch * positions)`` and the sparse linear layer's kernels run on it); ``algorithm=`` forces either. On CUDA
+(``backend="torch"``) unfold + torch's CSR ops (cuSPARSE). The measurements behind the choice are in
+``docs/conv.md``.
 """
 from __future__ import annotations
 

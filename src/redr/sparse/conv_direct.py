@@ -11,14 +11,18 @@ made or saved: the backward keeps the padded input only.
 * forward        per output channel ``o`` (parallel): ``out[o, oh] += sum_taps w * xpad[c, ih, span]``,
                  four taps per pass over the output row (the accumulator row stays in L1, as
                  :func:`redr.sparse.kernels._accumulate_row` does for linear layers)
-* grad values    per output channel: ``gw = <g[o, oh, span], xpad[c, ih, span]>`` summed over rows,
-                 four taps per pass over ``g[o]``
+* grad values    per output channel: ``gw = <g[o, oh, span], xpad[c, ih, span]>`` summed over rows, in the
+                 forward's loop order (four taps per pass over a gradient row; about 4x faster than a pass over
+                 all of ``g[o]`` per four taps, which read the input from L3)
 * grad input     per input channel ``c`` (parallel, the transposed CSR: no two jobs write one channel):
-                 ``gxpad[c, ih, span] += sum_o w * g[o, oh, span]``, four output channels of one tap per pass
+                 ``gxpad[c, ih, span] += sum_o w * g[o, oh, span]``, input row by input row, four output
+                 channels of one tap per pass
 
-Stride > 1 along the width makes the inner loop one ``N``-long run per output column. ``backend="numba"``
-uses these kernels or unfold + SpMM by :func:`use_direct` (the rule and the measurements behind it are in
-``docs/conv.md``).
+Stride > 1 along the width makes the inner loop one ``N``-long run per output column. The layout changes
+(NCHW -> padded CHWN for the input and the output gradient, back for the output and the input gradient) are
+four copies per step, about a fifth of the step at 14x14; the layer takes and gives NCHW (a CHWN tensor between
+layers would need max-pool, ReLU and flatten in that layout too). ``backend="numba"`` uses these kernels or
+unfold + SpMM by :func:`use_direct` (the rule and the measurements behind it are in ``docs/conv.md``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Compute path of :class:`~redr.sparse.conv.SparseConv2d`: unfold, then the sparse linear kernels.
+"""Compute paths of :class:`~redr.sparse.conv.SparseConv2d`: unfold, then the sparse linear kernels (the torch
+path, and the numba path where :func:`redr.sparse.conv_direct.use_direct` does not take the direct kernels).
 
 ``F.unfold`` turns the input ``(N, C, H, W)`` into columns ``(C * kh * kw, N * L)`` (``L`` output
 positions), feature-major like the activations of :mod:`redr.sparse.kernels`, and the convolution is the
