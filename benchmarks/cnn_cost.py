@@ -69,7 +69,7 @@ def redistribution_seconds(name: str, model, opt, batch) -> float:
     return time.perf_counter() - start
 
 
-def worker(kind: str, rows: int) -> dict:
+def worker(kind: str, rows: int, redistribute: bool = True) -> dict:
     gen = torch.Generator().manual_seed(0)
     model = build_cnn(784, 10, None if kind == "dense" else 0.1, generator=gen)
     for _, layer in sparse_layers(model):
@@ -86,7 +86,7 @@ def worker(kind: str, rows: int) -> dict:
            "epoch_s": seconds * EPOCH_ROWS / rows, "peak_rss_bytes": peak_memory_bytes(torch.device("cpu")),
            "rss_before_bytes": base, "weights": sum(p.numel() for p in model.parameters()),
            "threads": torch.get_num_threads(), "load": os.getloadavg()}
-    if kind == "sparse":
+    if kind == "sparse" and redistribute:
         batch = (x[:BATCH], y[:BATCH])
         out["redistribution_s"] = {}
         for name in ALGORITHMS:
@@ -102,15 +102,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10000, help="training rows timed per model (default 10000)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--json", default=None, help="append the JSON lines here")
+    parser.add_argument("--skip-redistribution", action="store_true",
+                        help="epoch and peak memory only (e.g. an untimed memory run at nice 19, one thread)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.rows)))
+        print(json.dumps(worker(args.worker, args.rows, not args.skip_redistribution)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     results = []
     for kind in args.models.split(","):
-        done = subprocess.run([sys.executable, __file__, "--worker", kind, "--rows", str(args.rows)],
+        command = [sys.executable, __file__, "--worker", kind, "--rows", str(args.rows)]
+        done = subprocess.run(command + (["--skip-redistribution"] if args.skip_redistribution else []),
                               capture_output=True, text=True, check=True)
         record = json.loads(done.stdout.strip().splitlines()[-1])
         record["commit"] = commit
