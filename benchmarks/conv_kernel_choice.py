@@ -1,6 +1,9 @@
-"""Why SparseConv2d unfolds: time unfold + SpMM (the layer's path) against a direct sparse convolution.
+"""The first direct sparse convolution, in NCHW, timed against unfold + SpMM (kept for the record).
 
-The direct kernels below (numba, no unfold; for this measurement only) loop over each output channel's
+It lost to unfold + SpMM at d=0.1 (short inner loops over one row of 14); the layer's direct kernels now use
+the (C, H, W, N) layout instead (:mod:`redr.sparse.conv_direct`, compared with ``redr bench layer
+--conv-algorithms direct,unfold``). This script forces ``algorithm="unfold"`` for the layer's side.
+The NCHW direct kernels below (numba, no unfold; for this measurement only) loop over each output channel's
 active weights and add ``w * x[n, c, shifted window]`` into the output, scatter the input gradient the same
 way and reduce the value gradient over batch and positions. Both are timed forward + backward on the
 issue's shape, and nn.Conv2d (dense, MKL-DNN) for reference:
@@ -113,7 +116,7 @@ def main() -> None:
     print(f"{C}->{C} {K}x{K} {H}x{H} batch {args.batch}, threads {torch.get_num_threads()}; forward+backward, best of {args.repeats}")
     print(f"nn.Conv2d dense: {best_of(dense_step, args.repeats) * 1e3:.1f} ms")
     for d in args.density:
-        layer = redr.SparseConv2d(C, C, K, padding=PAD, density=d, generator=gen, backend="numba")
+        layer = redr.SparseConv2d(C, C, K, padding=PAD, density=d, generator=gen, backend="numba", algorithm="unfold")
 
         def unfold_step():
             xi = x.clone().requires_grad_(True)

@@ -57,6 +57,20 @@ def test_layer_suite(tmp_path, capsys):
     assert "linear ms" in printed and "persistent memory" in printed
 
 
+def test_layer_suite_conv_shapes_alone_time_both_cpu_algorithms(tmp_path, capsys):
+    out = tmp_path / "conv.jsonl"
+    rc = main(["bench", "layer", "--quick", "--conv-shapes", "4x4x3x6", "--densities", "0.5", "--batches", "4",
+               "--backends", "numba", "--conv-algorithms", "direct,unfold", "--repeats", "1", "--warmup", "0",
+               "--json", str(out)])
+    assert rc == 0
+    records = read_lines(out)
+    assert [r["kind"] for r in records] == ["conv-time"]  # no linear shapes when only convolutions are asked for
+    assert records[0]["config"]["batch"] == 4
+    assert records[0]["results"]["numba:direct_ms"] > 0 and records[0]["results"]["numba:unfold_ms"] > 0
+    assert "linear ms" not in capsys.readouterr().out
+    assert main(["bench", "layer", "--conv-shapes", "4x4x3x6", "--conv-algorithms", "im2col"]) == 2
+
+
 def test_epoch_suite(tmp_path, capsys, broken_algorithm):
     out = tmp_path / "epoch.jsonl"
     rc = main(["bench", "epoch", "--quick", "--nets", "higgs", "--algorithms", f"none,random,{broken_algorithm}",

@@ -18,6 +18,7 @@ SHAPES = [
     (3, 4, (2, 3), (1, 2), (1, 0), 1, 2, 6, 8),
     (5, 2, 1, 1, 0, 1, 1, 5, 5),
     (3, 7, (3, 1), 1, (0, 1), (2, 1), 1, 8, 6),
+    (4, 3, (2, 3), 2, (2, 1), (1, 2), 1, 7, 9),  # stride 2 on both sides at batch 1: one-number runs (direct)
 ]
 
 
@@ -40,15 +41,17 @@ def reference(layer, x, gy):
     return y.detach(), xd.grad, gw, None if b is None else b.grad
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch", "dense"])
+@pytest.mark.parametrize("backend", ["numba:direct", "numba:unfold", "torch", "dense"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_gradients_match_dense_float64(shape, backend):
+    """Every compute path (the numba backend's two algorithms too) against float64 ``F.conv2d`` and its autograd."""
+    backend, _, algorithm = backend.partition(":")
     cin, cout, k, s, p, d, n, h, w = shape
     gen = torch.Generator().manual_seed(1)
     kh, kw = (k, k) if isinstance(k, int) else k
     rows, cols = random_topology(cout, cin * kh * kw, 0.4, gen, empty_rows=(cout - 1,))  # an empty output channel
     layer = SparseConv2d.from_topology(cin, cout, k, rows, cols, stride=s, padding=p, dilation=d, generator=gen,
-                                       backend=backend)
+                                       backend=backend, algorithm=algorithm or "auto")
     x = torch.randn(n, cin, h, w, generator=gen, requires_grad=True)
     y = layer(x)
     gy = torch.randn(y.shape, generator=gen)
@@ -60,6 +63,57 @@ def test_forward_and_gradients_match_dense_float64(shape, backend):
     torch.testing.assert_close(x.grad.double(), rgx, **tol)
     torch.testing.assert_close(layer.values.grad.double(), rgw, **tol)
     torch.testing.assert_close(layer.bias.grad.double(), rgb, **tol)
+
+
+def test_direct_and_unfold_agree_and_auto_follows_the_rule():
+    """The two numba algorithms give the same numbers on a larger layer; ``auto`` takes the one ``use_direct`` names."""
+    from redr.sparse.conv_direct import use_direct
+
+    gen = torch.Generator().manual_seed(5)
+    layers = {a: SparseConv2d(6, 8, 3, padding=1, density=0.3, generator=torch.Generator().manual_seed(0),
+                              backend="numba", algorithm=a) for a in ("direct", "unfold", "auto")}
+    x = torch.randn(5, 6, 9, 9, generator=gen)
+    gy = torch.randn(5, 8, 9, 9, generator=gen)
+    results = {}
+    for a, layer in layers.items():
+        xi = x.clone().requires_grad_(True)
+        layer(xi).backward(gy)
+        results[a] = (xi.grad, layer.values.grad)
+    for got, want in zip(results["direct"], results["unfold"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    chosen = "direct" if use_direct("auto", layers["auto"].geometry, "numba", torch.float32, 5, 9) else "unfold"
+    assert use_direct("auto", layers["auto"].geometry, "numba", torch.float32, 128, 14)
+    assert not use_direct("auto", layers["auto"].geometry, "numba", torch.float32, 1, 14)
+    assert not use_direct("direct", layers["auto"].geometry, "torch", torch.float32, 128, 14)
+    for got, want in zip(results["auto"], results[chosen]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("run_floats, chunk_bytes", [(1, 2**30), (8, 1), (2**30, 2000)])
+def test_direct_kernels_split_rows_into_column_runs(monkeypatch, run_floats, chunk_bytes):
+    """Rows longer than ``RUN_FLOATS`` are cut into column tiles (one column at ``1``; 4, 4, 1 columns at ``8``),
+    the batch into chunks of at most ``CHUNK_BYTES`` of padded input (one sample each at ``1``, 2 + 1 at ``2000``)."""
+    from redr.sparse import conv_direct
+
+    monkeypatch.setattr(conv_direct, "RUN_FLOATS", run_floats)
+    monkeypatch.setattr(conv_direct, "CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(6)
+    rows, cols = random_topology(4, 3 * 3 * 3, 0.5, gen)
+    layer = SparseConv2d.from_topology(3, 4, 3, rows, cols, padding=1, generator=gen, backend="numba", algorithm="direct")
+    x = torch.randn(3, 3, 5, 9, generator=gen, requires_grad=True)  # a padded sample: 3 * 7 * 11 * 4 = 924 bytes
+    y = layer(x)
+    gy = torch.randn(y.shape, generator=gen)
+    y.backward(gy)
+    ry, rgx, rgw, _ = reference(layer, x, gy)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y.double(), ry, **tol)
+    torch.testing.assert_close(x.grad.double(), rgx, **tol)
+    torch.testing.assert_close(layer.values.grad.double(), rgw, **tol)
+
+
+def test_unknown_algorithm_is_refused():
+    with pytest.raises(ValueError, match="unknown algorithm 'im2col'"):
+        SparseConv2d(2, 2, 3, density=0.5, algorithm="im2col")
 
 
 def test_float64_torch_path_is_exact():

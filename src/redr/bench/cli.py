@@ -65,7 +65,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shapes", type=_shapes, default=None, help="layer: INxOUT list (default 784x256,256x256,4096x4096)")
     p.add_argument("--batches", type=_batches, default=None, help="layer: batch sizes (default 128,512)")
     p.add_argument("--conv-shapes", type=_conv_shapes, default=None,
-                   help="layer: convolutions INxOUTxKERNELxSIDE (default 64x64x3x14 at batch 128; run when --shapes is not given)")
+                   help="layer: convolutions INxOUTxKERNELxSIDE (default 64x64x3x14 at batch 128; run when --shapes is not "
+                        "given; given alone, only convolutions run)")
+    p.add_argument("--conv-algorithms", type=comma_list(), default=None,
+                   help="layer: the numba backend's conv algorithms to time, of auto,direct,unfold (default auto)")
     p.add_argument("--backends", type=comma_list(), default=None, help="layer: sparse backends (default numba,torch,dense,auto; "
                                                                   "numba only on the CPU)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,

@@ -1,7 +1,9 @@
 """The convolution part of ``redr bench layer``: :class:`~redr.sparse.SparseConv2d` vs ``nn.Conv2d``.
 
 Shapes are ``IN x OUT x KERNEL x SIDE`` (square kernel, padding ``KERNEL // 2``, stride 1, a ``SIDE x SIDE``
-input); the default is the issue's 64 -> 64, 3x3 on 14x14 at batch 128. The same step and timing loop as the
+input); the default is the issue's 64 -> 64, 3x3 on 14x14 at batch 128 (``--batches`` for others).
+``--conv-algorithms direct,unfold`` times the numba backend's algorithms side by side (columns
+``numba:direct``, ``numba:unfold``; plain ``numba`` is ``auto``, the rule of :func:`redr.sparse.conv_direct.use_direct`). The same step and timing loop as the
 linear suite (:func:`redr.bench.timing.time_layers`): every backend and the dense layer in each round, the
 median of ``repeats`` after ``warmup``; ``ratio = conv2d_ms / sparse_ms`` (above 1: sparse is faster).
 """
@@ -39,19 +41,38 @@ def parse_conv_shapes(text: str) -> list[tuple[int, int, int, int]]:
     return shapes
 
 
+def conv_backends(backends: list[str], algorithms) -> list[str]:
+    """The timed sparse layers: ``numba`` becomes ``numba:<algorithm>`` per asked algorithm (``auto`` stays ``numba``)."""
+    from redr.errors import UsageError
+    from redr.sparse.conv_direct import CONV_ALGORITHMS
+
+    for name in algorithms or ():
+        if name not in CONV_ALGORITHMS:
+            raise UsageError(f"--conv-algorithms: unknown {name!r}; choose from {', '.join(CONV_ALGORITHMS)}")
+    out = []
+    for name in backends:
+        if name == "numba" and algorithms:
+            out += ["numba" if a == "auto" else f"numba:{a}" for a in algorithms]
+        else:
+            out.append(name)
+    return out
+
+
 def run_conv(args, device: torch.device, out, backends: list[str], env: dict, repeats: int, warmup: int,
              densities: list[float]) -> list[dict]:
     quick = args.quick
     shapes = getattr(args, "conv_shapes", None) or (QUICK_CONV_SHAPES if quick else CONV_SHAPES)
-    batch = QUICK_CONV_BATCH if quick else CONV_BATCH
+    batches = args.batches or [QUICK_CONV_BATCH if quick else CONV_BATCH]
+    backends = conv_backends(backends, getattr(args, "conv_algorithms", None))
     records, table = [], []
-    for cin, cout, k, side in shapes:
+    for (cin, cout, k, side), batch in ((shape, batch) for shape in shapes for batch in batches):
         for density in densities:
             gen = torch.Generator().manual_seed(1234)
             layers = {CONV: nn.Conv2d(cin, cout, k, padding=k // 2, device=device)}
             for name in backends:
-                layers[name] = SparseConv2d(cin, cout, k, padding=k // 2, density=density, backend=name, device=device,
-                                            generator=torch.Generator().manual_seed(0))
+                backend, _, algorithm = name.partition(":")
+                layers[name] = SparseConv2d(cin, cout, k, padding=k // 2, density=density, backend=backend, device=device,
+                                            generator=torch.Generator().manual_seed(0), algorithm=algorithm or "auto")
             x = torch.randn(batch, cin, side, side, generator=gen).to(device).requires_grad_()
             grad_out = torch.randn(batch, cout, side, side, generator=gen).to(device)
             times = time_layers(layers, x, grad_out, warmup, repeats, device)

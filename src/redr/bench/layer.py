@@ -73,6 +73,8 @@ def run(args, device: torch.device, out: JsonLines) -> list[dict]:
     print_flush(f"layer suite on {env['device_name']} ({device}), torch {env['torch_version']}, "
                 f"{env['torch_threads']} threads, commit {env['commit'][:10]}; median of {repeats} after {warmup} warm-up")
     records, table, mem_table = [], [], []
+    if getattr(args, "conv_shapes", None) and args.shapes is None:  # convolutions asked for alone
+        return run_conv(args, device, out, backends, env, repeats, warmup, densities)
     for in_f, out_f in shapes:
         for density in densities:
             memory_done = False

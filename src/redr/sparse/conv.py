@@ -6,11 +6,12 @@ The weight ``(out_channels, in_channels, kh, kw)`` is held as the sparse matrix
 ``weight.reshape(out, -1)`` and of ``F.unfold``), so topology changes, optimizer state and state dicts are
 those of :class:`~redr.sparse.SparseLinear`, and every redistribution algorithm sees a matrix.
 
-Compute: unfold + SpMM (:mod:`redr.sparse.conv_kernels`): the input is unfolded once into
-``(in_channels * kh * kw, batch * positions)`` and the three products of a sparse linear layer (forward
-SpMM, input-gradient SpMM with the transposed CSR then fold, value-gradient SDDMM) run on it with the
-numba kernels on the CPU or torch's CSR ops (cuSPARSE) on CUDA. A direct sparse convolution (numba, no
-unfold) was measured slower; the numbers are in ``docs/conv.md``.
+Compute on the CPU (numba): a direct sparse convolution in the ``(C, H, W, N)`` layout
+(:mod:`redr.sparse.conv_direct`) where a contiguous run (output row x batch) has at least 128 numbers, else
+unfold + SpMM (:mod:`redr.sparse.conv_kernels`: the input unfolded into ``(in_channels * kh * kw,
+batch * positions)`` and the sparse linear layer's kernels run on it); ``algorithm=`` forces either. On CUDA
+(``backend="torch"``) unfold + torch's CSR ops (cuSPARSE). The measurements behind the choice are in
+``docs/conv.md``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from redr.errors import UsageError
+from redr.sparse.conv_direct import CONV_ALGORITHMS
 from redr.sparse.conv_kernels import ConvGeometry, SparseConv2dFunction
 from redr.sparse.distribution import LayerShape, check_density, layer_fan_in
 from redr.sparse.matrix import SparseMatrixModule
@@ -53,6 +55,9 @@ class SparseConv2d(SparseMatrixModule):
             or ``dense``, as for :class:`~redr.sparse.SparseLinear`.
         topology: ``(rows, cols)`` of active matrix entries (row-major, no duplicates) instead of ``density``.
         name: the layer's name in error messages.
+        algorithm: the numba backend's algorithm: ``auto`` (the measured rule of
+            :func:`~redr.sparse.conv_direct.use_direct`), ``direct`` (:mod:`redr.sparse.conv_direct`) or
+            ``unfold`` (unfold + SpMM, :mod:`redr.sparse.conv_kernels`); other backends ignore it.
 
     ``in_features``/``out_features`` are the matrix's dims (``in_channels * kh * kw``, ``out_channels``).
     Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` the channel's active fan-in
@@ -63,9 +68,12 @@ class SparseConv2d(SparseMatrixModule):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", density: float | None = None,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
                  topology: tuple[torch.Tensor, torch.Tensor] | CSRTopology | None = None, name: str = "SparseConv2d",
-                 init: str = "paper"):
+                 init: str = "paper", algorithm: str = "auto"):
         super().__init__()
         check_convertible_conv(name, groups, padding_mode, padding)
+        if algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"layer {name!r}: unknown algorithm {algorithm!r}; choose one of {', '.join(CONV_ALGORITHMS)}")
+        self.algorithm = algorithm
         kh, kw = _pair(kernel_size)
         geometry = ConvGeometry((kh, kw), _pair(stride), _pair(padding), _pair(dilation))
         if min(in_channels, out_channels, kh, kw) < 1 or min(geometry.stride + geometry.dilation) < 1 or min(geometry.padding) < 0:
@@ -103,7 +111,7 @@ class SparseConv2d(SparseMatrixModule):
             weight = self.values.new_zeros(shape[0] * shape[1]).index_put((self.flat_positions(),), self.values)
             weight = weight.view(self.out_channels, self.in_channels, *g.kernel)
             return F.conv2d(x, weight, self.bias, g.stride, g.padding, g.dilation)
-        return SparseConv2dFunction.apply(x, self.values, self.bias, self.layout, backend, g)
+        return SparseConv2dFunction.apply(x, self.values, self.bias, self.layout, backend, g, self.algorithm)
 
     def extra_repr(self) -> str:
         g = self.geometry

@@ -1,4 +1,5 @@
-"""Compute path of :class:`~redr.sparse.conv.SparseConv2d`: unfold, then the sparse linear kernels.
+"""Compute paths of :class:`~redr.sparse.conv.SparseConv2d`: unfold, then the sparse linear kernels (the torch
+path, and the numba path where :func:`redr.sparse.conv_direct.use_direct` does not take the direct kernels).
 
 ``F.unfold`` turns the input ``(N, C, H, W)`` into columns ``(C * kh * kw, N * L)`` (``L`` output
 positions), feature-major like the activations of :mod:`redr.sparse.kernels`, and the convolution is the
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from redr.sparse import kernels
+from redr.sparse.conv_direct import DirectConv, use_direct
 
 if kernels.HAVE_NUMBA:
     from numba import njit, prange
@@ -136,28 +138,44 @@ class SparseConv2dFunction(torch.autograd.Function):
     """``conv2d(x, W, b)`` for a CSR weight matrix; backward gives grads of ``x``, of the values only, and of ``b``."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, layout, backend, geometry):
+    def forward(ctx, x, values, bias, layout, backend, geometry, algorithm="auto"):
         batch, _, height, width = x.shape
         out_h, out_w = geometry.output_size(height, width)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"input {tuple(x.shape)} is smaller than the kernel ({geometry})")
+        ctx.layout, ctx.backend, ctx.geometry, ctx.has_bias = layout, backend, geometry, bias is not None
+        ctx.input_size = (batch, (height, width))
+        ctx.direct = use_direct(algorithm, geometry, backend, x.dtype, batch, out_w)
+        if ctx.direct:  # the padded (C, H, W, n) input chunks are all the backward keeps
+            ctx.xpads = DirectConv.pad_input(x, geometry)
+            ctx.save_for_backward(values)
+            return DirectConv.forward(layout, values, bias, ctx.xpads, geometry, (out_h, out_w))
         colsT = geometry.unfold(x, backend)
         yT = kernels.spmm(layout.crow, layout.col, values, colsT, layout.shape, bias, backend)
         ctx.save_for_backward(colsT, values)
-        ctx.layout, ctx.backend, ctx.geometry, ctx.has_bias = layout, backend, geometry, bias is not None
-        ctx.input_size = (batch, (height, width))
         return yT.view(-1, batch, out_h, out_w).transpose(0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):
-        colsT, values = ctx.saved_tensors
         layout, backend = ctx.layout, ctx.backend
-        gT = channel_major(grad_out)
         grad_x = grad_values = grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2, 3))
+        if ctx.direct:
+            if ctx.xpads is None:
+                raise RuntimeError("SparseConv2d(algorithm='direct') frees its saved input after the first backward; "
+                                   "for a second backward through the same graph use algorithm='unfold'")
+            (values,) = ctx.saved_tensors
+            batch, (height, width) = ctx.input_size
+            size = (batch, ctx.xpads[0].shape[0], height, width)
+            grad_x, grad_values = DirectConv.backward(layout, values, grad_out, ctx.xpads, ctx.geometry, size,
+                                                      ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            ctx.xpads = None
+            return grad_x, grad_values, grad_bias, None, None, None, None
+        saved, values = ctx.saved_tensors
+        gT = channel_major(grad_out)
         if ctx.needs_input_grad[0]:
             grad_x = ctx.geometry.grad_input(layout, values, gT, *ctx.input_size, backend)
         if ctx.needs_input_grad[1]:
-            grad_values = kernels.sddmm(layout.crow, layout.col, gT, colsT, layout.shape, backend)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = gT.sum(1)
-        return grad_x, grad_values, grad_bias, None, None, None
+            grad_values = kernels.sddmm(layout.crow, layout.col, gT, saved, layout.shape, backend)
+        return grad_x, grad_values, grad_bias, None, None, None, None
