@@ -1,5 +1,7 @@
 """The numba paths taken only for wide layers, forced on tiny shapes, against dense float64 math."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -60,4 +62,8 @@ def test_gather_values_matches_indexing():
 
 def test_huge_pages_requested_unless_the_user_chose():
     """Set at import for torch's allocator (docs/scale.md); a value the user set beforehand is kept."""
-    assert os.environ.get("THP_MEM_ALLOC_ENABLE") is not None
+    code = "import os, redr.sparse.kernels; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout
+    assert run(env).strip() == "1"
+    assert run({**env, "THP_MEM_ALLOC_ENABLE": "0"}).strip() == "0"
