@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Wide layers gather activation rows at random (one row per active weight): on 4 KiB pages a 64 MiB activation
+# spans 16,384 pages, far more than the TLB holds, so nearly every gather also walks the page table. torch backs
+# allocations of 2 MiB and more with transparent huge pages when THP_MEM_ALLOC_ENABLE is set, and it reads the
+# variable once, before its first allocation, so the command sets it here, before torch is imported (measured
+# 1.2-1.4x on the forward kernel at width 65536, docs/scale.md). A user's own setting wins; 0 turns it off. A
+# library user sets it in the environment (setting it after torch has allocated anything has no effect).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from redr.errors import RedrError, UsageError
 

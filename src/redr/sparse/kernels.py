@@ -22,17 +22,9 @@ Three backends compute the same function:
 """
 from __future__ import annotations
 
-import os
 import warnings
 
-# Activations of wide layers are gathered row by row at random (one row per active weight): on 4 KiB pages a
-# 64 MiB activation spans 16,384 pages, far more than the TLB holds, so nearly every gather also walks the page
-# table. torch backs allocations of 2 MiB and more with transparent huge pages when this is set (read at its
-# first such allocation); measured 1.2-1.4x on the forward kernel at width 65536 (docs/scale.md). A user's own
-# setting wins, ``THP_MEM_ALLOC_ENABLE=0`` turns it off.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-import torch  # noqa: E402
+import torch
 
 # torch warns once per process that its CSR support is "beta"; we test the ops we use against dense math.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
