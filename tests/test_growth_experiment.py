@@ -11,7 +11,7 @@ from redr.cli import main
 from redr.errors import UsageError
 from redr.experiments.growth import ALGORITHMS, WIDTHS, growth_cells
 from redr.experiments.report.growth import DIFFER, EQUIVALENT, NO_DIFFERENCE, NOT_TESTED
-from redr.experiments.report.stats import equivalence_test, t_quantile, welch_test
+from redr.experiments.report.stats import equivalence_test, paired_test, t_quantile, welch_test
 
 
 def test_cells_pair_exact_and_sampled_runs_that_differ_only_in_the_growth_path():
@@ -51,6 +51,18 @@ def test_confidence_interval_ends_are_where_welch_p_is_the_level():
         assert welch_test(a, b, shift=-end).p == pytest.approx(0.05, abs=1e-6)
 
 
+def test_paired_test_is_the_one_sample_t_of_the_differences():
+    a, b = [0.8741, 0.8800, 0.8776], [0.8695, 0.8759, 0.8761]
+    result, low, high = paired_test(a, b)
+    d = [0.0046, 0.0041, 0.0015]  # by hand: mean, sd, t with 2 degrees of freedom
+    m = sum(d) / 3
+    se = math.sqrt(sum((x - m) ** 2 for x in d) / 2 / 3)
+    assert result.estimate == pytest.approx(m) and result.df == pytest.approx(2)
+    assert result.t == pytest.approx(m / se)
+    assert (low, high) == pytest.approx((m - 4.302653 * se, m + 4.302653 * se), abs=1e-7)
+    assert math.isnan(paired_test([0.9], [0.8])[0].p)
+
+
 def test_tost_tells_equivalent_from_unresolved():
     tight = equivalence_test([0.850, 0.851, 0.852], [0.851, 0.852, 0.850], margin=0.005)
     assert tight.p_tost < 0.05 and -0.005 < tight.low and tight.high < 0.005
@@ -78,7 +90,7 @@ def test_tiny_growth_grid_writes_its_report(tmp_path):
     record = records[0]
     assert (record["hidden"], record["algorithm"], record["seeds_exact"], record["seeds_sampled"]) == \
         ("16-16", "gradient-global", "2", "2")
-    assert record["verdict"] in (DIFFER, EQUIVALENT, NO_DIFFERENCE, NOT_TESTED)
+    assert record["verdict"] in (DIFFER, EQUIVALENT, NO_DIFFERENCE, NOT_TESTED) and record["pairs"] == "2"
     difference = float(record["sampled_mean"]) - float(record["exact_mean"])
     assert float(record["difference"]) == pytest.approx(difference)
     report = (out / "report.md").read_text()

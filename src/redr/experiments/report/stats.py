@@ -166,3 +166,17 @@ def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float, leve
     p_low = 1.0 - t_cdf((welch.estimate + margin) / se, welch.df)  # H0: difference <= -margin
     p_high = t_cdf((welch.estimate - margin) / se, welch.df)  # H0: difference >= +margin
     return Equivalence(welch, welch.estimate - half, welch.estimate + half, margin, max(p_low, p_high))
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.05) -> tuple[TestResult, float, float]:
+    """The one-sample t-test of the pairs' differences ``a[i] - b[i]`` (runs that share a seed) and its
+    two-sided ``1 - level`` interval: ``(result, low, high)``; nan where fewer than two pairs."""
+    differences = [x - y for x, y in zip(_clean(a), _clean(b))]
+    result = contrast_test([(1.0, differences)])
+    if math.isnan(result.p) or math.isinf(result.df):
+        exact = result.estimate if math.isinf(result.df) else math.nan
+        return result, exact, exact
+    n = len(differences)
+    se = math.sqrt(sum((x - result.estimate) ** 2 for x in differences) / (n - 1) / n)
+    half = t_quantile(1.0 - level / 2.0, result.df) * se
+    return result, result.estimate - half, result.estimate + half
