@@ -28,11 +28,14 @@ def test_cells_pair_exact_and_sampled_runs_that_differ_only_in_the_growth_path()
     wide = [c for c in cells if c.options["hidden"] == [4096, 4096]]
     assert wide and all(c.options["epochs"] == WIDTHS[4096].epochs for c in wide)
     assert {c.options["algorithm"] for c in growth_cells(models=["loss"], widths=[256])} == {"loss"}
+    halves = [growth_cells(paths=[p]) for p in ("exact", "sampled")]
+    assert sorted(c.name for c in halves[0] + halves[1]) == sorted(by_name)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"models": ["random"]}, "not part of the growth"),
                                              ({"densities": [0.1, 0.2]}, "one density"),
-                                             ({"widths": [0]}, "positive"), ({"seeds": 0}, "--seeds")])
+                                             ({"widths": [0]}, "positive"), ({"seeds": 0}, "--seeds"),
+                                             ({"paths": ["dense"]}, "--paths")])
 def test_bad_choices_are_refused(kwargs, message):
     with pytest.raises(UsageError, match=message):
         growth_cells(**kwargs)

@@ -57,8 +57,9 @@ def growth_options(path: str) -> dict:
 
 def growth_cells(*, seeds: Optional[int] = None, epochs: Optional[int] = None, datasets: Optional[Sequence[str]] = None,
                  models: Optional[Sequence[str]] = None, densities: Optional[Sequence[float]] = None,
-                 widths: Optional[Sequence[int]] = None) -> list[Cell]:
-    """The runs: width (outer), algorithm, seed, path (inner), so a cut-short grid has whole pairs."""
+                 widths: Optional[Sequence[int]] = None, paths: Optional[Sequence[str]] = None) -> list[Cell]:
+    """The runs: width (outer), algorithm, seed, path (inner), so a cut-short grid has whole pairs.
+    ``paths`` restricts the growth paths (two processes can share a grid, one path each)."""
     datasets = list(datasets or (DATASET,))
     check_choices(datasets, seeds, epochs)
     algorithms = list(dict.fromkeys(models or ALGORITHMS))
@@ -66,6 +67,9 @@ def growth_cells(*, seeds: Optional[int] = None, epochs: Optional[int] = None, d
     if bad:
         raise UsageError(f"--algorithms {', '.join(bad)}: not part of the growth experiment (it runs "
                          f"{', '.join(ALGORITHMS)})")
+    paths = list(dict.fromkeys(paths or PATHS))
+    if any(p not in PATHS for p in paths):
+        raise UsageError(f"--paths {', '.join(paths)}: choose from {', '.join(PATHS)}")
     widths = list(dict.fromkeys(widths or WIDTHS))
     if any(w < 1 for w in widths):
         raise UsageError(f"--widths must be positive, got {', '.join(map(str, widths))}")
@@ -84,7 +88,7 @@ def growth_cells(*, seeds: Optional[int] = None, epochs: Optional[int] = None, d
                 base["train_rows"] = setting.train_rows
             for algorithm in algorithms:
                 for seed in range(seeds or 3):
-                    for path in PATHS:
+                    for path in paths:
                         options = {**base, "algorithm": algorithm, "seed": seed,
                                    "algorithm_options": growth_options(path)}
                         cells.append(Cell(name=run_name(options, EXPERIMENT), options=options,
