@@ -28,7 +28,7 @@ MARGIN = 0.005
 PATHS = ("exact", "sampled")
 DIFFER, EQUIVALENT, NO_DIFFERENCE, NOT_TESTED = "differ", "equivalent", "no difference found", "not tested"
 
-COLUMNS = ("dataset", "net", "hidden", "algorithm", "density", "epochs", "train_rows", "candidates", "seeds_exact",
+COLUMNS = ("dataset", "net", "hidden", "algorithm", "density", "epochs", "train_rows", "batch_size", "lr", "candidates", "seeds_exact",
            "seeds_sampled", "exact_mean", "exact_std", "sampled_mean", "sampled_std", "difference", "ci95_low",
            "ci95_high", "welch_p", "tost_margin", "tost_p", "verdict", "pairs", "paired_ci95_low", "paired_ci95_high",
            "paired_p")
@@ -52,7 +52,7 @@ def is_growth_run(run: Run) -> bool:
 
 def _key(run: Run) -> tuple:
     return (run.dataset, "-".join(map(str, run.hidden)), run.algorithm, run.density, len(run.rows),
-            run.config.get("train_rows"))
+            run.config.get("train_rows"), run.config.get("batch_size"), run.config.get("lr"))
 
 
 def verdict(result) -> str:
@@ -76,8 +76,8 @@ def growth_table(runs: Iterable[Run]) -> Table:
             if path == "sampled":
                 entry["candidates"] = run.algorithm_options.get("candidates")
     table = Table("growth", COLUMNS)
-    for key in sorted(groups, key=lambda k: (k[0], int(k[1].split("-")[0]), order(k[2]), k[3:])):
-        dataset, hidden, algorithm, density, epochs, train_rows = key
+    for key in sorted(groups, key=lambda k: (k[0], int(k[1].split("-")[0]), order(k[2]), k[3], k[4], k[5] or 0)):
+        dataset, hidden, algorithm, density, epochs, train_rows, batch_size, lr = key
         by_seed = groups[key]
         exact, sampled = list(by_seed["exact"].values()), list(by_seed["sampled"].values())
         result = equivalence_test(sampled, exact, MARGIN, LEVEL)
@@ -85,7 +85,7 @@ def growth_table(runs: Iterable[Run]) -> Table:
         paired, paired_low, paired_high = paired_test([by_seed["sampled"][s] for s in seeds],
                                                       [by_seed["exact"][s] for s in seeds], LEVEL)
         table.add(dataset=dataset, net=groups[key]["net"], hidden=hidden, algorithm=algorithm, density=density, epochs=epochs,
-                  train_rows=train_rows, candidates=groups[key]["candidates"], seeds_exact=len(exact),
+                  train_rows=train_rows, batch_size=batch_size, lr=lr, candidates=groups[key]["candidates"], seeds_exact=len(exact),
                   seeds_sampled=len(sampled), exact_mean=mean(exact), exact_std=std(exact), sampled_mean=mean(sampled),
                   sampled_std=std(sampled), difference=result.welch.estimate, ci95_low=result.low,
                   ci95_high=result.high, welch_p=result.welch.p, tost_margin=MARGIN, tost_p=result.p_tost,
@@ -114,7 +114,8 @@ def growth_markdown(table: Table) -> list[str]:
     rows = []
     for r in table.records:
         rows.append([r["net"], label(r["algorithm"]),
-                     f"d={r['density']:g}, {r['epochs']} ep., {'all' if r['train_rows'] is None else format(r['train_rows'], ',')} rows",
+                     f"d={r['density']:g}, {r['epochs']} ep., {'all' if r['train_rows'] is None else format(r['train_rows'], ',')}"
+                     f" rows, batch {r['batch_size']}, lr {r['lr']:g}",
                      _acc(r["exact_mean"], r["exact_std"], r["seeds_exact"]),
                      _acc(r["sampled_mean"], r["sampled_std"], r["seeds_sampled"]),
                      "-" if math.isnan(r["difference"]) else f"{100 * r['difference']:+.2f}",
