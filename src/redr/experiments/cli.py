@@ -37,6 +37,8 @@ def add_parser(subparsers) -> None:
            "higgs) and timing (default higgs); repeat for several. The accuracy grids are named by their dataset")
     a("--algorithms", type=comma_list(str), help="restrict the grid to these of: " + ",".join(GRID_MODELS))
     a("--densities", type=comma_list(float), help="restrict the grid to these densities, e.g. 0.1,0.03")
+    a("--widths", type=comma_list(int), help="growth: only these hidden widths (default 256,4096)")
+    a("--paths", type=comma_list(str), help="growth: only these growth paths (exact, sampled; default both)")
     a("--threads", type=positive_int, help="CPU threads for torch and the numba kernels (default: theirs, all cores). "
                                         "Use 1 on a shared, busy machine: multi-threaded small kernels slow down "
                                         "many times over when the cores are oversubscribed")
@@ -66,8 +68,18 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from redr.runtime import configure_threads, resolve_device
 
     configure_threads(args.threads)  # before any kernel runs (None: keep the counts, fix the order)
-    cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
-                        datasets=args.datasets, models=args.algorithms, densities=args.densities)
+    if args.experiment == "growth":
+        from redr.experiments.growth import growth_cells
+
+        if args.quick:
+            raise UsageError("--quick does not apply to growth (its budget per width is fixed; use --epochs, --widths)")
+        cells = growth_cells(seeds=args.seeds, epochs=args.epochs, datasets=args.datasets, models=args.algorithms,
+                             densities=args.densities, widths=args.widths, paths=args.paths)
+    else:
+        if args.widths or args.paths:
+            raise UsageError(f"--widths and --paths apply to the growth experiment only, not {args.experiment}")
+        cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
+                            datasets=args.datasets, models=args.algorithms, densities=args.densities)
     if args.no_download:
         for cell in cells:
             cell.options["download"] = False

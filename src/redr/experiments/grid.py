@@ -42,7 +42,7 @@ MEMORY_HIDDEN = (4096, 4096)
 
 ACCURACY_EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "synthetic")
 EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "induced-loss", "frequency", "depth", "woodtaylor", "timing",
-               "memory", "synthetic")
+               "memory", "synthetic", "growth")
 #: Experiments that take ``--dataset`` (the paper ran them on KMNIST; woodtaylor on both datasets).
 DEFAULT_DATASETS = {"induced-loss": ("kmnist",), "frequency": ("kmnist",), "depth": ("kmnist",),
                     "woodtaylor": ("kmnist", "higgs"), "timing": ("higgs",), "memory": ("kmnist",)}
@@ -59,6 +59,8 @@ DESCRIPTIONS = {
     "memory": "peak memory of the KMNIST-shape net with 4096-wide hidden layers, every algorithm x density and "
               "the dense nets, each in a fresh process (Table 2)",
     "synthetic": "the accuracy grid on the generated task (seconds; for tests and smoke checks)",
+    "growth": "exact vs sampled growth (Gradient, Gradient-Global, Loss) at 784-256-256-10 and 784-4096-4096-10, "
+              "Fashion-MNIST practical preset (issue 15; redr.experiments.growth)",
 }
 
 
@@ -185,25 +187,32 @@ def _densities_for(model: str, densities, allowed, experiment: str) -> list[floa
     return _parse_densities(densities, allowed, experiment)
 
 
+def check_choices(datasets: Sequence[str], seeds: Optional[int], epochs: Optional[int]) -> None:
+    """The choices every experiment takes: known datasets, at least one seed and one epoch."""
+    for name in datasets:
+        if name not in PRESETS:
+            raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(PRESETS)}")
+    if seeds is not None and seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+
+
 def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optional[int] = None, quick: bool = False,
                 datasets: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
                 densities: Optional[Sequence[float]] = None) -> list[Cell]:
     """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's)."""
     if experiment not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if experiment == "growth":  # its own module (it imports this one): redr.experiments.growth.growth_cells
+        raise UsageError("the growth experiment's runs come from redr.experiments.growth.growth_cells")
     if experiment in ACCURACY_EXPERIMENTS:
         if datasets:
             raise UsageError(f"--dataset does not apply to {experiment} (the experiment is named after its dataset)")
         datasets = [experiment]
     else:
         datasets = list(datasets or DEFAULT_DATASETS[experiment])
-        for name in datasets:
-            if name not in PRESETS:
-                raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(PRESETS)}")
-    if seeds is not None and seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    check_choices(datasets, seeds, epochs)
 
     cells: list[Cell] = []
 

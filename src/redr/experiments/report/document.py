@@ -76,7 +76,7 @@ def data_section(runs: RunSet) -> list[str]:
         text = (f"- **{dataset_title(ds)}**: {fmt_rows(rows_used(info, 'train'))} training / "
                 f"{fmt_rows(rows_used(info, 'test'))} test rows, {'/'.join(map(str, epochs)) or '?'} epochs "
                 f"({'preset' if ds == 'synthetic' else 'paper'}: {PRESETS[paper_preset(ds)]['epochs'] if paper_preset(ds) in PRESETS else '?'}), "
-                f"seeds {', '.join(map(str, seeds))}." + prose.DATA_NOTES.get(ds, "") + init_note(of_ds))
+                f"seeds {', '.join(map(str, seeds))}." + setup_note(ds, of_ds) + init_note(of_ds))
         warnings = info.get("warnings") or []
         if warnings:
             text += " Data warnings: " + "; ".join(scrub(str(w), runs.root) for w in warnings[:2])
@@ -86,6 +86,11 @@ def data_section(runs: RunSet) -> list[str]:
         budget = "; ".join(f"{ds}: {q.describe()}" for ds, q in QUICK.items() if ds in runs.datasets)
         blocks.append(f"\nSome runs used the `--quick` budget, which shrinks only: {budget}{prose.QUICK_KEEPS}\n")
     return blocks
+
+
+def setup_note(ds: str, of_ds) -> str:
+    """The dataset's note on the paper's setup, where runs used it (``redr reproduce growth``: the practical preset)."""
+    return prose.DATA_NOTES.get(ds, "") if any(r.config.get("preset") == paper_preset(ds) for r in of_ds) else ""
 
 
 def init_note(of_ds) -> str:

@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from redr.experiments.grid import WOODTAYLOR_BLOCK, WOODTAYLOR_LAMBDA
-from redr.experiments.report import figures, measurements, prose, tables
+from redr.experiments.report import figures, growth, measurements, prose, tables
 from redr.experiments.report.claims import STATUSES, check_claims
 from redr.experiments.report.names import DYNAMIC, GLOBAL, dataset_title, label, order
 from redr.experiments.report.runset import RunSet, group
@@ -182,9 +182,15 @@ def memory_section(runs: RunSet) -> Section:
     return s
 
 
+def growth_section(runs: RunSet) -> Section:
+    """Sampled vs exact growth (``redr reproduce growth``; :mod:`~redr.experiments.report.growth`)."""
+    table = growth.growth_table(runs.train)
+    return Section(blocks=growth.growth_markdown(table), tables=[table])
+
+
 SECTIONS = (claims_section, accuracy_section, induced_section, *(partial(sweep_section, sweep=w) for w in SWEEPS),
-            layer_density_section, timing_section, memory_section)
+            layer_density_section, timing_section, memory_section, growth_section)
 #: Every table a report writes (always all of them: empty when not run).
-TABLES = ("accuracy", "induced_loss", *(w.name for w in SWEEPS), "timing", "memory", "claims")
+TABLES = ("accuracy", "induced_loss", *(w.name for w in SWEEPS), "timing", "memory", "claims", "growth")
 #: Every figure a report writes per dataset.
 FIGURES = ("accuracy", "induced_loss", *(w.name for w in SWEEPS), "layer_density")

@@ -111,3 +111,72 @@ def contrast_test(terms: Sequence[tuple[float, Sequence[float]]], shift: float =
 def welch_test(a: Sequence[float], b: Sequence[float], shift: float = 0.0) -> TestResult:
     """Welch's two-sample t-test of mean(a) - mean(b) + shift against 0."""
     return contrast_test([(1.0, a), (-1.0, b)], shift)
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`)."""
+    if not 0.0 < q < 1.0 or math.isnan(df) or df <= 0:
+        raise ValueError(f"t_quantile needs 0 < q < 1 and df > 0, got q={q}, df={df}")
+    if math.isinf(df):
+        df = 1e12
+    low, high = -1.0, 1.0
+    while t_cdf(low, df) > q:
+        low *= 2.0
+    while t_cdf(high, df) < q:
+        high *= 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if t_cdf(middle, df) < q:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-12 * max(1.0, abs(middle)):
+            break
+    return (low + high) / 2.0
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """mean(a) - mean(b) with its Welch confidence interval and two one-sided tests (TOST) at +-``margin``.
+
+    ``p_tost`` < level says the difference lies within the margin (equivalence, the 1 - 2 level interval
+    inside it); ``welch`` tests it against 0 (a difference).
+    """
+
+    welch: TestResult
+    low: float
+    high: float
+    margin: float
+    p_tost: float
+
+    __test__ = False
+
+
+def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float, level: float = 0.05) -> Equivalence:
+    """Welch's test, the two-sided ``1 - level`` interval of mean(a) - mean(b), and TOST at +-``margin``."""
+    welch = welch_test(a, b)
+    a, b = _clean(a), _clean(b)
+    if math.isnan(welch.p):
+        return Equivalence(welch, math.nan, math.nan, margin, math.nan)
+    if math.isinf(welch.df):  # no spread: the difference is exact
+        inside = abs(welch.estimate) < margin
+        return Equivalence(welch, welch.estimate, welch.estimate, margin, 0.0 if inside else 1.0)
+    se = math.sqrt(sum(sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1) / len(v) for v in (a, b)))
+    half = t_quantile(1.0 - level / 2.0, welch.df) * se
+    p_low = 1.0 - t_cdf((welch.estimate + margin) / se, welch.df)  # H0: difference <= -margin
+    p_high = t_cdf((welch.estimate - margin) / se, welch.df)  # H0: difference >= +margin
+    return Equivalence(welch, welch.estimate - half, welch.estimate + half, margin, max(p_low, p_high))
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.05) -> tuple[TestResult, float, float]:
+    """The one-sample t-test of the pairs' differences ``a[i] - b[i]`` (runs that share a seed) and its
+    two-sided ``1 - level`` interval: ``(result, low, high)``; nan where fewer than two pairs."""
+    differences = [x - y for x, y in zip(_clean(a), _clean(b))]
+    result = contrast_test([(1.0, differences)])
+    if math.isnan(result.p) or math.isinf(result.df):
+        exact = result.estimate if math.isinf(result.df) else math.nan
+        return result, exact, exact
+    n = len(differences)
+    se = math.sqrt(sum((x - result.estimate) ** 2 for x in differences) / (n - 1) / n)
+    half = t_quantile(1.0 - level / 2.0, result.df) * se
+    return result, result.estimate - half, result.estimate + half
