@@ -42,7 +42,7 @@ MEMORY_HIDDEN = (4096, 4096)
 
 ACCURACY_EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "synthetic")
 EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "induced-loss", "frequency", "depth", "woodtaylor", "timing",
-               "memory", "synthetic")
+               "memory", "synthetic", "scale")
 #: Experiments that take ``--dataset`` (the paper ran them on KMNIST; woodtaylor on both datasets).
 DEFAULT_DATASETS = {"induced-loss": ("kmnist",), "frequency": ("kmnist",), "depth": ("kmnist",),
                     "woodtaylor": ("kmnist", "higgs"), "timing": ("higgs",), "memory": ("kmnist",)}
@@ -59,7 +59,23 @@ DESCRIPTIONS = {
     "memory": "peak memory of the KMNIST-shape net with 4096-wide hidden layers, every algorithm x density and "
               "the dense nets, each in a fresh process (Table 2)",
     "synthetic": "the accuracy grid on the generated task (seconds; for tests and smoke checks)",
+    "scale": "issue 15's width ladder: 784-W-W-10 at a constant fan-in, W = 4,096 ... 1,048,576, Redr-Random and "
+             "Redr-Gradient-Global, each in a fresh process (time, peak memory, accuracy, the dense twin's memory)",
 }
+
+#: ``scale``: the width ladder (two hidden layers of W neurons), its fan-in, algorithms and budget. Fan-in 16:
+#: the work and memory of a step are ``O(batch x fan-in x W)``, and 16 keeps the 1M-wide net (2 x 16.8M hidden
+#: weights) inside this machine's budget; the last layer is dense (``dense_last``) so every hidden neuron
+#: reaches the 10 outputs (10.5M weights at W = 1M; at fan-in 16 only 160 of W neurons would).
+SCALE_WIDTHS = (4096, 16384, 65536, 262144, 1048576)
+SCALE_FAN_IN = 16
+SCALE_MODELS = ("random", "gradient-global", "dense-neuron")
+#: Batch 128 bounds the activations of the 1M-wide net (each hidden activation is 128 x 1M floats = 512 MiB);
+#: the rest is the practical Fashion-MNIST preset (lr 3e-3, no augmentation), for every rung and the dense net.
+SCALE_SETTINGS = {"batch_size": 128, "augment": False}
+SCALE_EPOCHS = 2
+#: The accuracy reference: the paper's 784-256-256-10 dense at the same settings and epochs.
+SCALE_DENSE_HIDDEN = (256, 256)
 
 
 @dataclass(frozen=True)
@@ -185,12 +201,64 @@ def _densities_for(model: str, densities, allowed, experiment: str) -> list[floa
     return _parse_densities(densities, allowed, experiment)
 
 
+def scale_cells(*, widths: Optional[Sequence[int]] = None, models: Optional[Sequence[str]] = None,
+                epochs: Optional[int] = None, fan_in: Optional[int] = None, seeds: Optional[int] = None,
+                dataset: str = "fashion-mnist") -> list[Cell]:
+    """The ``scale`` ladder: every width x sparse algorithm, then the dense 784-256-256-10 reference (once),
+    in the order given (default: widths ascending); every run in a fresh process (``kind="scale"``)."""
+    widths = list(dict.fromkeys(widths or SCALE_WIDTHS))
+    if any(not isinstance(w, int) or w < 1 for w in widths):
+        raise UsageError(f"--widths must be whole numbers >= 1, got {widths}")
+    models = _parse_scale_models(models)
+    fan_in = SCALE_FAN_IN if fan_in is None else fan_in
+    base = {"dataset": dataset, **SCALE_SETTINGS, "epochs": epochs or SCALE_EPOCHS}
+    cells = []
+    for seed in range(seeds or 1):
+        for width in widths:
+            for model in (m for m in models if m != "dense-neuron"):
+                options = {**base, "seed": seed, "model": "sparse", "algorithm": model, "hidden": [width, width],
+                           "fan_in": fan_in, "dense_last": True}
+                name = f"scale_{dataset}_{model}_w{width}_k{fan_in}_s{seed}"
+                cells.append(Cell(name=name, options=options, kind="scale", experiments=["scale"]))
+        if "dense-neuron" in models:
+            options = {**base, "seed": seed, "model": "dense-neuron", "algorithm": "none",
+                       "hidden": list(SCALE_DENSE_HIDDEN)}
+            name = f"scale_{dataset}_dense-neuron_h{'-'.join(map(str, SCALE_DENSE_HIDDEN))}_s{seed}"
+            cells.append(Cell(name=name, options=options, kind="scale", experiments=["scale"]))
+    return cells
+
+
+def _parse_scale_models(models: Optional[Sequence[str]]) -> list[str]:
+    if models is None:
+        return list(SCALE_MODELS)
+    bad = [m for m in models if m not in SCALE_MODELS]
+    if bad:
+        raise UsageError(f"--algorithms {', '.join(bad)}: not part of the scale experiment (it runs "
+                         f"{', '.join(SCALE_MODELS)})")
+    return list(dict.fromkeys(models))
+
+
 def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optional[int] = None, quick: bool = False,
                 datasets: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
-                densities: Optional[Sequence[float]] = None) -> list[Cell]:
-    """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's)."""
+                densities: Optional[Sequence[float]] = None, widths: Optional[Sequence[int]] = None,
+                fan_in: Optional[int] = None) -> list[Cell]:
+    """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's);
+    ``widths``/``fan_in``: the ``scale`` ladder's (:func:`scale_cells`)."""
     if experiment not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if experiment != "scale" and (widths is not None or fan_in is not None):
+        raise UsageError("--widths and --fan-in apply to the scale experiment only")
+    if seeds is not None and seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {epochs}")
+    if experiment == "scale":
+        if densities is not None or quick:
+            raise UsageError("--densities and --quick do not apply to scale (use --fan-in, --widths, --epochs)")
+        datasets = list(datasets or ["fashion-mnist"])
+        if len(datasets) != 1 or datasets[0] not in PRESETS:
+            raise UsageError(f"--dataset: scale runs on one dataset, e.g. fashion-mnist, got {', '.join(datasets)}")
+        return scale_cells(widths=widths, models=models, epochs=epochs, fan_in=fan_in, seeds=seeds, dataset=datasets[0])
     if experiment in ACCURACY_EXPERIMENTS:
         if datasets:
             raise UsageError(f"--dataset does not apply to {experiment} (the experiment is named after its dataset)")
@@ -200,10 +268,6 @@ def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optiona
         for name in datasets:
             if name not in PRESETS:
                 raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(PRESETS)}")
-    if seeds is not None and seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {epochs}")
 
     cells: list[Cell] = []
 
