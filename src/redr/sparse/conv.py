@@ -22,7 +22,7 @@ from redr.errors import UsageError
 from redr.sparse.conv_kernels import ConvGeometry, SparseConv2dFunction
 from redr.sparse.distribution import LayerShape, check_density, layer_fan_in
 from redr.sparse.matrix import SparseMatrixModule
-from redr.sparse.topology import partitioned_topology
+from redr.sparse.topology import CSRTopology, partitioned_csr
 
 __all__ = ["SparseConv2d", "check_convertible_conv"]
 
@@ -47,7 +47,7 @@ class SparseConv2d(SparseMatrixModule):
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, bias: as for ``nn.Conv2d``.
         density: fraction of active weights: ``round(density * in_channels * kh * kw)`` inputs per output
-            channel, placed by :func:`~redr.sparse.topology.partitioned_topology` (or give ``topology``).
+            channel, placed by :func:`~redr.sparse.topology.partitioned_csr` (or give ``topology``).
         generator: the source of every random choice (topology and values).
         backend: ``auto`` (numba on the CPU, torch on CUDA, dense math for tiny layers), ``numba``, ``torch``
             or ``dense``, as for :class:`~redr.sparse.SparseLinear`.
@@ -62,7 +62,7 @@ class SparseConv2d(SparseMatrixModule):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", density: float | None = None,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
-                 topology: tuple[torch.Tensor, torch.Tensor] | None = None, name: str = "SparseConv2d",
+                 topology: tuple[torch.Tensor, torch.Tensor] | CSRTopology | None = None, name: str = "SparseConv2d",
                  init: str = "paper"):
         super().__init__()
         check_convertible_conv(name, groups, padding_mode, padding)
@@ -80,7 +80,7 @@ class SparseConv2d(SparseMatrixModule):
             shape = LayerShape(name, out_channels, in_channels, (kh, kw))
             fan_in = layer_fan_in(shape, density=check_density(density, "density"), asked=f"density={density}",
                                   fix="raise the density or keep the layer dense")
-            topology = partitioned_topology(out_channels, shape.inputs, fan_in, generator)
+            topology = partitioned_csr(out_channels, shape.inputs, fan_in, generator)
         self._init_matrix(out_channels, in_channels * kh * kw, topology, bias, generator, backend, device, dtype, init)
 
     @classmethod

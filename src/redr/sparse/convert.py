@@ -12,7 +12,7 @@ from redr.sparse.init import init_dense_linear_
 from redr.sparse.layer import SparseLinear
 from redr.sparse.matrix import SparseMatrixModule
 from redr.sparse.sparsify import sparsify  # noqa: F401  (its home before convolutions; kept importable here)
-from redr.sparse.topology import partitioned_topology
+from redr.sparse.topology import partitioned_csr
 
 
 def sparse_layers(model: nn.Module) -> list[tuple[str, SparseLinear]]:
@@ -21,9 +21,9 @@ def sparse_layers(model: nn.Module) -> list[tuple[str, SparseLinear]]:
 
 
 def _sparse_linear(shape: LayerShape, fan_in: int, generator, **options) -> SparseLinear:
-    """The topology first (partitioned, ``fan_in`` per neuron), then the layer built on it."""
-    rows, cols = partitioned_topology(shape.out_features, shape.in_features, fan_in, generator)
-    return SparseLinear.from_topology(shape.in_features, shape.out_features, rows, cols, generator=generator, **options)
+    """The topology first (partitioned, ``fan_in`` per neuron, as CSR), then the layer built on it."""
+    topology = partitioned_csr(shape.out_features, shape.in_features, fan_in, generator)
+    return SparseLinear(shape.in_features, shape.out_features, topology=topology, generator=generator, **options)
 
 
 def _mlp_layers(sizes: Sequence[int], dense_last: bool) -> list[tuple[LayerShape, bool]]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from redr.sparse.topology import on_this_thread, row_chunks
+
 #: The value-initialisation rules, by name (``--init``).
 INITS = ("paper", "kaiming")
 
@@ -28,6 +30,19 @@ def uniform_(tensor: torch.Tensor, bound, generator: torch.Generator | None = No
     with torch.no_grad():
         values = torch.rand(tensor.shape, generator=generator, dtype=torch.float64) * (2 * bound) - bound
         return tensor.copy_(values.to(tensor.dtype))
+
+
+def uniform_rows_(values: torch.Tensor, crow: torch.Tensor, row_bound: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill a CSR layer's ``values`` uniformly in ``+-row_bound[row]`` of each entry's row, in chunks of rows.
+
+    The same numbers as :func:`uniform_` with the bound gathered per entry (the generator's stream is read
+    in the same order), without whole-layer float64 temporaries."""
+    with torch.no_grad(), on_this_thread():
+        for row, end_row, start, end in row_chunks(crow):
+            bound = row_bound[row:end_row].repeat_interleave((crow[row + 1:end_row + 1] - crow[row:end_row]).long())
+            uniform_(values[start:end], bound, generator)
+    return values
 
 
 def neuron_bounds(fan_ins: torch.Tensor, init: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 from redr.sparse import kernels
 from redr.sparse.distribution import fan_in_for_density
 from redr.sparse.matrix import SparseMatrixModule, TopologyChange, TopologyError
-from redr.sparse.topology import partitioned_topology
+from redr.sparse.topology import CSRTopology, partitioned_csr
 
 __all__ = ["SparseLinear", "TopologyChange", "TopologyError"]
 
@@ -17,7 +17,7 @@ class SparseLinear(SparseMatrixModule):
     A layer is built from a given topology (:meth:`from_topology`); ``SparseLinear(in, out, density)``
     is the convenience for a lone layer: ``round(density * in_features)`` inputs per neuron (at least
     one, see :func:`~redr.sparse.distribution.fan_in_for_density`), placed by
-    :func:`~redr.sparse.topology.partitioned_topology`. Nets decide their topology first, layer by layer
+    :func:`~redr.sparse.topology.partitioned_csr`. Nets decide their topology first, layer by layer
     from a :class:`~redr.sparse.distribution.Distribution` (``build_mlp``, ``sparsify``).
 
     Args:
@@ -26,7 +26,8 @@ class SparseLinear(SparseMatrixModule):
         bias: learn a dense bias.
         generator: the source of every random choice (topology and values), for reproducibility.
         backend: ``auto`` (default), ``numba``, ``torch`` or ``dense``; see :mod:`redr.sparse.kernels`.
-        topology: ``(rows, cols)`` of the active weights, as for :meth:`from_topology` (instead of ``density``).
+        topology: ``(rows, cols)`` of the active weights, as for :meth:`from_topology`, or a
+            :class:`~redr.sparse.topology.CSRTopology` (what the net builders pass; instead of ``density``).
         init: ``paper`` (below) or ``kaiming`` (``nn.Linear``'s rule on the active fan-in); :mod:`redr.sparse.init`.
 
     Values start uniform in ``+-1/k`` and the bias in ``+-1/sqrt(k)``, ``k`` being the neuron's active
@@ -35,14 +36,14 @@ class SparseLinear(SparseMatrixModule):
 
     def __init__(self, in_features: int, out_features: int, density: float | None = None, bias: bool = True,
                  generator: torch.Generator | None = None, backend: str = "auto", device=None, dtype=None, *,
-                 topology: tuple[torch.Tensor, torch.Tensor] | None = None, init: str = "paper"):
+                 topology: tuple[torch.Tensor, torch.Tensor] | CSRTopology | None = None, init: str = "paper"):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"layer sizes must be positive, got in={in_features}, out={out_features}")
         if (density is None) == (topology is None):
             raise ValueError("give a SparseLinear either a density or a topology (rows, cols)")
         if topology is None:
-            topology = partitioned_topology(out_features, in_features, fan_in_for_density(in_features, density), generator)
+            topology = partitioned_csr(out_features, in_features, fan_in_for_density(in_features, density), generator)
         self._init_matrix(out_features, in_features, topology, bias, generator, backend, device, dtype, init)
 
     @classmethod

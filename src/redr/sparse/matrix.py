@@ -17,9 +17,10 @@ from torch import nn
 
 from redr.sparse import kernels
 from redr.sparse.index_ops import ascending, csr_from_keys, merge_sorted, sorted_intersect
-from redr.sparse.init import neuron_bounds, uniform_
+from redr.sparse.init import neuron_bounds, uniform_, uniform_rows_
 from redr.sparse.layout import CSRLayout, index_dtype, key_dtype
 from redr.sparse.optim_state import remap_optimizer_state
+from redr.sparse.topology import CSRTopology
 
 
 class TopologyError(ValueError):
@@ -40,6 +41,14 @@ def _checked_topology(rows, cols, shape: tuple[int, int]) -> tuple[torch.Tensor,
     if keys.numel() > 1 and bool((keys[1:] <= keys[:-1]).any()):
         raise TopologyError("topology positions must be in row-major order without duplicates")
     return rows, cols
+
+
+def _csr_of_topology(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(crow, col)`` in the layer's index dtype of a checked row-major ``(rows, cols)``."""
+    dtype = index_dtype(shape[0], shape[1], cols.numel())
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
+    return crow.to(dtype), cols.to(dtype)
 
 
 @dataclass
@@ -71,12 +80,21 @@ class SparseMatrixModule(nn.Module):
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(kernels.BACKENDS)}")
         self.in_features, self.out_features = in_features, out_features
         self.backend = backend
-        rows, cols = _checked_topology(*topology, (out_features, in_features))
+        shape = (out_features, in_features)
+        if isinstance(topology, CSRTopology):
+            crow, col = topology.crow, topology.col
+            idx = index_dtype(out_features, in_features, col.numel())
+            if crow.shape != (out_features + 1,) or col.dim() != 1 or int(crow[-1]) != col.numel():
+                raise TopologyError(f"a CSR topology of a {out_features}x{in_features} layer needs crow of "
+                                    f"{out_features + 1} entries ending at len(col), got {tuple(crow.shape)} and {tuple(col.shape)}")
+            crow, col = crow.to("cpu", idx), col.to("cpu", idx)
+        else:
+            crow, col = _csr_of_topology(*_checked_topology(*topology, shape), shape)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
-        w_bound, b_bound = neuron_bounds(torch.bincount(rows, minlength=out_features), init)
-        self.values = nn.Parameter(uniform_(torch.empty(rows.numel(), **factory), w_bound[rows], generator))
+        w_bound, b_bound = neuron_bounds((crow[1:] - crow[:-1]).long(), init)
+        self.values = nn.Parameter(uniform_rows_(torch.empty(col.numel(), **factory), crow, w_bound, generator))
         self.bias = nn.Parameter(uniform_(torch.empty(out_features, **factory), b_bound, generator)) if bias else None
-        self._set_layout(CSRLayout.from_sorted_coo(rows, cols, (out_features, in_features)).to(self.values.device))
+        self._set_layout(CSRLayout.from_csr(crow, col, shape).to(self.values.device))
 
     # ----------------------------------------------------------------- structure
     def _set_layout(self, layout: CSRLayout) -> None:

@@ -17,7 +17,7 @@ from redr.sparse.conv import SparseConv2d, check_convertible_conv
 from redr.sparse.distribution import LayerShape, make_distribution
 from redr.sparse.layer import SparseLinear
 from redr.sparse.matrix import SparseMatrixModule
-from redr.sparse.topology import partitioned_topology
+from redr.sparse.topology import partitioned_csr
 
 __all__ = ["sparsify", "sparsity_summary"]
 
@@ -35,15 +35,14 @@ def _shape(name: str, module: nn.Module) -> LayerShape:
 
 def _sparse_twin(name: str, module: nn.Module, shape: LayerShape, fan_in: int, generator, backend: str,
                  init: str = "paper") -> SparseMatrixModule:
-    """The sparse layer of the same shape: topology (``fan_in`` per output, partitioned) first, then the values."""
-    rows, cols = partitioned_topology(shape.out_features, shape.inputs, fan_in, generator)
+    """The sparse layer of the same shape: topology (``fan_in`` per output, partitioned, as CSR) first, then the values."""
+    topology = partitioned_csr(shape.out_features, shape.inputs, fan_in, generator)
     options = dict(bias=module.bias is not None, generator=generator, backend=backend, device=module.weight.device,
                    dtype=module.weight.dtype, init=init)
     if isinstance(module, nn.Linear):
-        return SparseLinear.from_topology(shape.in_features, shape.out_features, rows, cols, **options)
-    return SparseConv2d.from_topology(module.in_channels, module.out_channels, module.kernel_size, rows, cols,
-                                      stride=module.stride, padding=module.padding, dilation=module.dilation,
-                                      name=name, **options)
+        return SparseLinear(shape.in_features, shape.out_features, topology=topology, **options)
+    return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                        padding=module.padding, dilation=module.dilation, topology=topology, name=name, **options)
 
 
 def sparsify(model: nn.Module, density: float | None = None, keep_dense: Iterable[str] = (),
