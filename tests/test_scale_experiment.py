@@ -35,7 +35,8 @@ def test_cells_follow_the_options():
     assert {c.kind for c in cells} == {"scale"} and all(c.epochs == 2 for c in cells)
     with pytest.raises(UsageError, match="not part of the scale experiment"):
         build_cells("scale", models=["woodfisher"])
-    with pytest.raises(UsageError, match="--widths and --fan-in apply to the scale experiment only"):
+    assert build_cells("scale", widths=[64], models=["random"], train_rows=4096)[0].name.endswith("_k16_r4096_s0")
+    with pytest.raises(UsageError, match="--widths, --fan-in, --train-rows and --test-rows apply to the scale"):
         build_cells("fashion-mnist", widths=[64])
     with pytest.raises(UsageError, match="--densities and --quick do not apply"):
         build_cells("scale", densities=[0.1])

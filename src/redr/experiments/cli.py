@@ -42,6 +42,8 @@ def add_parser(subparsers) -> None:
     a("--widths", type=comma_list(int), help="scale only: the hidden widths W of 784-W-W-10, in this order "
                                              "(default 4096,16384,65536,262144,1048576)")
     a("--fan-in", type=positive_int, help="scale only: inputs per neuron of both hidden layers (default 16)")
+    a("--train-rows", type=positive_int, help="scale only: train on the first N training rows per epoch (default all)")
+    a("--test-rows", type=positive_int, help="scale only: evaluate on the first N test rows (default all)")
     a("--threads", type=positive_int, help="CPU threads for torch and the numba kernels (default: theirs, all cores). "
                                         "Use 1 on a shared, busy machine: multi-threaded small kernels slow down "
                                         "many times over when the cores are oversubscribed")
@@ -73,7 +75,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     configure_threads(args.threads)  # before any kernel runs (None: keep the counts, fix the order)
     cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
                         datasets=args.datasets, models=args.algorithms, densities=args.densities,
-                        widths=args.widths, fan_in=args.fan_in)
+                        widths=args.widths, fan_in=args.fan_in, train_rows=args.train_rows, test_rows=args.test_rows)
     if args.no_download:
         for cell in cells:
             cell.options["download"] = False

@@ -72,7 +72,9 @@ SCALE_FAN_IN = 16
 SCALE_MODELS = ("random", "gradient-global", "dense-neuron")
 #: Batch 128 bounds the activations of the 1M-wide net (each hidden activation is 128 x 1M floats = 512 MiB);
 #: the rest is the practical Fashion-MNIST preset (lr 3e-3, no augmentation), for every rung and the dense net.
-SCALE_SETTINGS = {"batch_size": 128, "augment": False}
+#: The loss right before/after a redistribution is measured on 512 rows, not 4096 (at W = 1M a forward pass of
+#: 4096 rows costs minutes, twice per redistribution).
+SCALE_SETTINGS = {"batch_size": 128, "augment": False, "induced_loss_rows": 512}
 SCALE_EPOCHS = 2
 #: The accuracy reference: the paper's 784-256-256-10 dense at the same settings and epochs.
 SCALE_DENSE_HIDDEN = (256, 256)
@@ -203,27 +205,36 @@ def _densities_for(model: str, densities, allowed, experiment: str) -> list[floa
 
 def scale_cells(*, widths: Optional[Sequence[int]] = None, models: Optional[Sequence[str]] = None,
                 epochs: Optional[int] = None, fan_in: Optional[int] = None, seeds: Optional[int] = None,
-                dataset: str = "fashion-mnist") -> list[Cell]:
+                dataset: str = "fashion-mnist", train_rows: Optional[int] = None,
+                test_rows: Optional[int] = None) -> list[Cell]:
     """The ``scale`` ladder: every width x sparse algorithm, then the dense 784-256-256-10 reference (once),
-    in the order given (default: widths ascending); every run in a fresh process (``kind="scale"``)."""
+    in the order given (default: widths ascending); every run in a fresh process (``kind="scale"``).
+    ``train_rows``/``test_rows``: the first rows of each split only (named in the run: ``_r``/``_t``)."""
     widths = list(dict.fromkeys(widths or SCALE_WIDTHS))
     if any(not isinstance(w, int) or w < 1 for w in widths):
         raise UsageError(f"--widths must be whole numbers >= 1, got {widths}")
     models = _parse_scale_models(models)
     fan_in = SCALE_FAN_IN if fan_in is None else fan_in
     base = {"dataset": dataset, **SCALE_SETTINGS, "epochs": epochs or SCALE_EPOCHS}
+    rows = ""
+    for key, tag, value in (("train_rows", "r", train_rows), ("test_rows", "t", test_rows)):
+        if value is not None:
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{key.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+            base[key] = value
+            rows += f"_{tag}{value}"
     cells = []
     for seed in range(seeds or 1):
         for width in widths:
             for model in (m for m in models if m != "dense-neuron"):
                 options = {**base, "seed": seed, "model": "sparse", "algorithm": model, "hidden": [width, width],
                            "fan_in": fan_in, "dense_last": True}
-                name = f"scale_{dataset}_{model}_w{width}_k{fan_in}_s{seed}"
+                name = f"scale_{dataset}_{model}_w{width}_k{fan_in}{rows}_s{seed}"
                 cells.append(Cell(name=name, options=options, kind="scale", experiments=["scale"]))
         if "dense-neuron" in models:
             options = {**base, "seed": seed, "model": "dense-neuron", "algorithm": "none",
                        "hidden": list(SCALE_DENSE_HIDDEN)}
-            name = f"scale_{dataset}_dense-neuron_h{'-'.join(map(str, SCALE_DENSE_HIDDEN))}_s{seed}"
+            name = f"scale_{dataset}_dense-neuron_h{'-'.join(map(str, SCALE_DENSE_HIDDEN))}{rows}_s{seed}"
             cells.append(Cell(name=name, options=options, kind="scale", experiments=["scale"]))
     return cells
 
@@ -241,13 +252,14 @@ def _parse_scale_models(models: Optional[Sequence[str]]) -> list[str]:
 def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optional[int] = None, quick: bool = False,
                 datasets: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
                 densities: Optional[Sequence[float]] = None, widths: Optional[Sequence[int]] = None,
-                fan_in: Optional[int] = None) -> list[Cell]:
+                fan_in: Optional[int] = None, train_rows: Optional[int] = None,
+                test_rows: Optional[int] = None) -> list[Cell]:
     """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's);
     ``widths``/``fan_in``: the ``scale`` ladder's (:func:`scale_cells`)."""
     if experiment not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
-    if experiment != "scale" and (widths is not None or fan_in is not None):
-        raise UsageError("--widths and --fan-in apply to the scale experiment only")
+    if experiment != "scale" and any(v is not None for v in (widths, fan_in, train_rows, test_rows)):
+        raise UsageError("--widths, --fan-in, --train-rows and --test-rows apply to the scale experiment only")
     if seeds is not None and seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:
@@ -258,7 +270,8 @@ def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optiona
         datasets = list(datasets or ["fashion-mnist"])
         if len(datasets) != 1 or datasets[0] not in PRESETS:
             raise UsageError(f"--dataset: scale runs on one dataset, e.g. fashion-mnist, got {', '.join(datasets)}")
-        return scale_cells(widths=widths, models=models, epochs=epochs, fan_in=fan_in, seeds=seeds, dataset=datasets[0])
+        return scale_cells(widths=widths, models=models, epochs=epochs, fan_in=fan_in, seeds=seeds, dataset=datasets[0],
+                           train_rows=train_rows, test_rows=test_rows)
     if experiment in ACCURACY_EXPERIMENTS:
         if datasets:
             raise UsageError(f"--dataset does not apply to {experiment} (the experiment is named after its dataset)")

@@ -9,14 +9,14 @@ import math
 from pathlib import Path
 
 from redr.experiments.report.names import COLORS, label
-from redr.experiments.report.runset import RunSet
+from redr.experiments.report.runset import RunSet, rows_used
 from redr.experiments.report.table import Table, flat, number
 from redr.experiments.results import Run
 
 SCALE_FILE = "scale.json"  # written by redr.experiments.scale (a lower module of the same layer must not be imported here)
 FIGURE = "figures/scale.png"
 COLUMNS = ("net", "width", "model", "algorithm", "fan_in", "epochs_done", "active_weights", "sparse_weights",
-           "seconds_per_epoch", "epoch_seconds", "redistribution_seconds", "peak_rss_bytes", "build_peak_bytes",
+           "train_rows", "test_rows", "seconds_per_epoch", "seconds_per_full_epoch", "epoch_seconds", "redistribution_seconds", "peak_rss_bytes", "build_peak_bytes",
            "bytes_per_active_weight", "peak_rss_per_weight", "dense_twin_parameters", "dense_twin_bytes",
            "test_acc_per_epoch", "final_test_acc", "status")
 GIB = 2**30
@@ -53,11 +53,16 @@ def scale_table(runs: list[Run]) -> Table:
         weights = extra.get("weights") or (r.info.get("model") or {}).get("weights")
         bpw = (extra.get("bytes_per_active_weight") or {}).get("total", math.nan)
         accs = _finite(r.column("test_acc"))
+        train_rows, test_rows = rows_used(r.info.get("data") or {}, "train"), rows_used(r.info.get("data") or {}, "test")
+        per_epoch = sum(epoch_s) / len(epoch_s) if epoch_s else math.nan
+        full = (r.info.get("data") or {}).get("rows", {}).get("train", {}).get("available") if isinstance(
+            (r.info.get("data") or {}).get("rows"), dict) else None
         sizes = extra.get("sizes") or (r.info.get("model") or {}).get("sizes") or []
         table.add(net="-".join(map(str, sizes)) or "?", width=_width(r), model=r.model, algorithm=r.algorithm, fan_in=r.config.get("fan_in"),
                   epochs_done=len(r.rows), active_weights=weights,
                   sparse_weights=extra.get("sparse_weights") if r.model == "sparse" else None,
-                  seconds_per_epoch=sum(epoch_s) / len(epoch_s) if epoch_s else math.nan,
+                  train_rows=train_rows, test_rows=test_rows, seconds_per_epoch=per_epoch,
+                  seconds_per_full_epoch=per_epoch * full / train_rows if full and train_rows else per_epoch,
                   epoch_seconds=" / ".join(f"{v:.1f}" for v in epoch_s),
                   redistribution_seconds=sum(redist) / len(redist) if redist else math.nan,
                   peak_rss_bytes=peak, build_peak_bytes=extra.get("build_peak_bytes", math.nan),
@@ -91,7 +96,10 @@ def scale_markdown(table: Table) -> str:
         ("model", lambda r: label(r["algorithm"]) + (f", fan-in {r['fan_in']}" if r["fan_in"] else "")),
         ("weights", lambda r: _count(r["active_weights"])),
         ("epochs", lambda r: f"{r['epochs_done']}" + ("" if r["status"] == "done" else f" ({r['status']})")),
+        ("rows / epoch", lambda r: f"{r['train_rows']:,}" if isinstance(r["train_rows"], int) else "?"),
         ("s / epoch", lambda r: number(r["seconds_per_epoch"], 1)),
+        ("s / full epoch", lambda r: number(r["seconds_per_full_epoch"], 0)
+         + ("" if r["seconds_per_full_epoch"] == r["seconds_per_epoch"] else " (est.)")),
         ("redistribution s", lambda r: number(r["redistribution_seconds"], 1)),
         ("peak RSS", lambda r: _bytes(r["peak_rss_bytes"])),
         ("build peak", lambda r: _bytes(r["build_peak_bytes"])),
