@@ -22,9 +22,17 @@ Three backends compute the same function:
 """
 from __future__ import annotations
 
+import os
 import warnings
 
-import torch
+# Activations of wide layers are gathered row by row at random (one row per active weight): on 4 KiB pages a
+# 64 MiB activation spans 16,384 pages, far more than the TLB holds, so nearly every gather also walks the page
+# table. torch backs allocations of 2 MiB and more with transparent huge pages when this is set (read at its
+# first such allocation); measured 1.2-1.4x on the forward kernel at width 65536 (docs/scale.md). A user's own
+# setting wins, ``THP_MEM_ALLOC_ENABLE=0`` turns it off.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
 
 # torch warns once per process that its CSR support is "beta"; we test the ops we use against dense math.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -39,6 +47,12 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
 
 BACKENDS = ("auto", "numba", "torch", "dense")
+
+#: The numba backward computes both products in one sweep (:func:`backward_input_and_values`) when the output
+#: gradient it gathers from, ``out_features x batch`` float32, is larger than this: about half the 32 MiB L3 of
+#: the machine measured (docs/scale.md). Below, the two kernels run apart, as they did before (same sums, bit
+#: for bit: the pinned metrics of small nets stay as they were).
+FUSED_BACKWARD_MIN_BYTES = 16 * 2**20
 
 #: Layers with at most this many dense positions use the dense backend under ``auto`` on the CPU.
 #: Chosen from ``redr bench layer`` on a 2-core CPU (results in benchmarks/README.md).
@@ -124,6 +138,58 @@ if HAVE_NUMBA:
                 k += 1
 
 
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _backward_fused_numba(crow_t, row_t, perm_t, vals, gT, xT, gxT, gvals):  # pragma: no cover - compiled
+        """Both backward products in one sweep over the transposed CSR: for input feature ``j``,
+        ``gxT[j, :] = sum_k vals[perm_t[k]] * gT[row_t[k], :]`` and ``gvals[perm_t[k]] = <gT[row_t[k], :], xT[j, :]>``.
+        Each gathered row ``gT[i, :]`` serves both, and ``xT[j, :]`` is read in order, so the backward gathers
+        one operand at random instead of two (see :func:`backward_input_and_values`)."""
+        width = gT.shape[1]
+        for j in prange(crow_t.shape[0] - 1):
+            x = xT[j]
+            acc = np.zeros(width, dtype=gxT.dtype)
+            k, end = crow_t[j], crow_t[j + 1]
+            while k + 4 <= end:
+                p0, p1, p2, p3 = perm_t[k], perm_t[k + 1], perm_t[k + 2], perm_t[k + 3]
+                w0, w1, w2, w3 = vals[p0], vals[p1], vals[p2], vals[p3]
+                s0, s1, s2, s3 = gT[row_t[k]], gT[row_t[k + 1]], gT[row_t[k + 2]], gT[row_t[k + 3]]
+                a0 = a1 = a2 = a3 = numba.float32(0.0)
+                for b in range(width):
+                    xb = x[b]
+                    acc[b] += w0 * s0[b] + w1 * s1[b] + w2 * s2[b] + w3 * s3[b]
+                    a0 += s0[b] * xb
+                    a1 += s1[b] * xb
+                    a2 += s2[b] * xb
+                    a3 += s3[b] * xb
+                gvals[p0], gvals[p1], gvals[p2], gvals[p3] = a0, a1, a2, a3
+                k += 4
+            while k < end:
+                p = perm_t[k]
+                w, src = vals[p], gT[row_t[k]]
+                a = numba.float32(0.0)
+                for b in range(width):
+                    acc[b] += w * src[b]
+                    a += src[b] * x[b]
+                gvals[p] = a
+                k += 1
+            gxT[j, :] = acc
+
+    @njit(parallel=True, cache=True)
+    def _gather_numba(vals, index, out):  # pragma: no cover - compiled
+        """``out[k] = vals[index[k]]`` (the values in transposed order), on every core."""
+        for k in prange(index.shape[0]):
+            out[k] = vals[index[k]]
+
+
+def gather_values(values: torch.Tensor, index: torch.Tensor, backend: str) -> torch.Tensor:
+    """``values[index]`` (the values in the transposed companion's order); numba's parallel loop on the CPU."""
+    if backend == "numba" and values.dtype == torch.float32 and not (torch.is_grad_enabled() and values.requires_grad):
+        out = values.new_empty(index.shape[0])
+        _gather_numba(_np(values), _np(index), _np(out))
+        return out
+    return values[index]
+
+
 def _np(t: torch.Tensor):
     return t.detach().numpy()
 
@@ -152,6 +218,20 @@ def spmm(crow, col, vals, xT, shape, bias=None, backend="numba", batch_major=Fal
     if bias is not None:
         out += bias[:, None]
     return out
+
+
+def backward_input_and_values(layout, values, gT, xT):
+    """``(W.T @ gT, values gradient)`` of a numba layer in one sweep: ``(gxT (in, batch), grad_values (nnz,))``.
+
+    The separate kernels each gather a row of a ``(features, batch)`` operand per active weight (``gT`` for the
+    input gradient, ``xT`` for the values'); past the caches each gather is a trip to DRAM. Here every gathered
+    ``gT`` row serves both products and ``xT`` is read in order, halving the backward's random traffic."""
+    out_f, in_f = layout.shape
+    gxT = gT.new_empty(in_f, gT.shape[1])
+    grad_values = gT.new_empty(layout.nnz)
+    _backward_fused_numba(_np(layout.crow_t), _np(layout.row_t), _np(layout.perm_t), _np(values), _np(gT), _np(xT),
+                          _np(gxT), _np(grad_values))
+    return gxT, grad_values
 
 
 def sddmm(crow, col, gT, xT, shape, backend="numba"):
@@ -186,14 +266,18 @@ class SparseLinearFunction(torch.autograd.Function):
         layout, backend = ctx.layout, ctx.backend
         gT = grad_out.t().contiguous()
         grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if (backend == "numba" and gT.dtype == torch.float32 and ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+                and not ctx.batch_major_input and gT.numel() * 4 > FUSED_BACKWARD_MIN_BYTES):
+            gxT, grad_values = backward_input_and_values(layout, values, gT, xT)
+            grad_x = gxT.t()
+        elif ctx.needs_input_grad[0]:
             out_f, in_f = layout.shape
-            vals_t = values[layout.perm_t]
+            vals_t = gather_values(values, layout.perm_t, backend)
             if ctx.batch_major_input:
                 grad_x = spmm(layout.crow_t, layout.row_t, vals_t, gT, (in_f, out_f), None, backend, batch_major=True)
             else:
                 grad_x = spmm(layout.crow_t, layout.row_t, vals_t, gT, (in_f, out_f), None, backend).t()
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and grad_values is None:
             grad_values = sddmm(layout.crow, layout.col, gT, xT, layout.shape, backend)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = gT.sum(1)
