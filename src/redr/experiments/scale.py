@@ -57,17 +57,19 @@ class Ticker:
         self._stop.set()
 
     def _loop(self) -> None:
-        start, last_epoch, epoch_start = time.perf_counter(), None, time.perf_counter()
+        start, first = time.perf_counter(), None  # first: (epoch, step, time) of this epoch's first sighting
         while not self._stop.wait(self.seconds):
             t = self.trainer
             epoch, step, steps = t.epoch + 1, t.step_in_epoch, t._epoch_steps
-            if epoch != last_epoch:
-                last_epoch, epoch_start = epoch, time.perf_counter()
-            elapsed = time.perf_counter() - epoch_start
+            now = time.perf_counter()
+            if first is None or first[0] != epoch:
+                first = (epoch, step, now)
+            rate = (now - first[2]) / (step - first[1]) if step > first[1] else None  # seconds per step seen
             if steps and step >= steps:
                 where = "evaluating / redistributing"
             elif steps and step:
-                where = f"step {step}/{steps} ({100 * step / steps:.0f}%), ~{elapsed / step * (steps - step):.0f} s of the epoch left"
+                left = f"~{rate * (steps - step):.0f} s" if rate else "? s"
+                where = f"step {step}/{steps} ({100 * step / steps:.0f}%), {left} of the epoch left"
             else:
                 where = "starting"
             self.log(f"progress: epoch {epoch}/{t.config.epochs}, {where}; {time.perf_counter() - start:.0f} s in this process")
