@@ -1,7 +1,7 @@
 #!/bin/bash
-# The scale ladder, one long timed job under the bench lock (issue 15). Each reproduce call is cut off so the
+# The scale ladder as run for results/scale (END/CUT1M: that session's clock), one long timed job under the bench lock (issue 15). Each reproduce call is cut off so the
 # whole job ends by END (epoch seconds are measured inside the runs; a cut run keeps its finished epochs).
-cd /work/wt/scale; . /work/venv/bin/activate
+cd "$(dirname "$0")/.."; . /work/venv/bin/activate
 export PYTHONPATH=$PWD/src REDR_DATA_DIR=/work/shared/data
 OUT=/tmp/scale/runs
 COMMON="--train-rows 4096 --test-rows 1000 --threads 1 --out $OUT --no-report --no-progress --data-dir /work/shared/data --no-download"
