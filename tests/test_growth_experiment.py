@@ -103,7 +103,7 @@ def test_tiny_growth_grid_writes_its_report(tmp_path):
 
 def test_widths_and_quick_are_refused_where_they_do_not_apply(tmp_path, capsys):
     assert main(["reproduce", "synthetic", "--widths", "16", "--out", str(tmp_path / "a")]) == 2
-    assert "growth experiment only" in capsys.readouterr().err
+    assert "growth and scale experiments only" in capsys.readouterr().err
     assert main(["reproduce", "growth", "--quick", "--out", str(tmp_path / "b")]) == 2
     assert "--quick does not apply" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     a = p.add_argument
     a("experiment", choices=EXPERIMENTS, metavar="EXPERIMENT", help="one of: " + ", ".join(EXPERIMENTS))
     a("--seeds", type=positive_int, help="seeds 0..N-1 per configuration (default 3; timing and memory 1)")
-    a("--epochs", type=positive_int, help="epochs per run (default: the paper's, 30 for KMNIST/Fashion-MNIST, 80 for HIGGS)")
+    a("--epochs", type=positive_int, help="epochs per run (default: the paper's, 30 for KMNIST/Fashion-MNIST, 80 for "
+                                          "HIGGS; scale: 2)")
     a("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     a("--data-dir", help="data directory (default $REDR_DATA_DIR, else ~/.cache/redr)")
     a("--no-download", action="store_true", help="never download data; fail if files are missing")
@@ -35,10 +36,15 @@ def add_parser(subparsers) -> None:
     a("--dataset", action="append", dest="datasets", metavar="NAME",
       help="dataset(s) for induced-loss, frequency, depth, memory (default kmnist), woodtaylor (default kmnist and "
            "higgs) and timing (default higgs); repeat for several. The accuracy grids are named by their dataset")
-    a("--algorithms", type=comma_list(str), help="restrict the grid to these of: " + ",".join(GRID_MODELS))
+    a("--algorithms", type=comma_list(str), help="restrict the grid to these of: " + ",".join(GRID_MODELS)
+      + " (scale: random,gradient-global,dense-neuron)")
     a("--densities", type=comma_list(float), help="restrict the grid to these densities, e.g. 0.1,0.03")
-    a("--widths", type=comma_list(int), help="growth: only these hidden widths (default 256,4096)")
-    a("--paths", type=comma_list(str), help="growth: only these growth paths (exact, sampled; default both)")
+    a("--widths", type=comma_list(int), help="growth and scale only: the hidden widths W of 784-W-W-10, in this order "
+                                             "(default: growth 256,4096; scale 4096,16384,65536,262144,1048576)")
+    a("--paths", type=comma_list(str), help="growth only: these growth paths (exact, sampled; default both)")
+    a("--fan-in", type=positive_int, help="scale only: inputs per neuron of both hidden layers (default 16)")
+    a("--train-rows", type=positive_int, help="scale only: train on the first N training rows per epoch (default all)")
+    a("--test-rows", type=positive_int, help="scale only: evaluate on the first N test rows (default all)")
     a("--threads", type=positive_int, help="CPU threads for torch and the numba kernels (default: theirs, all cores). "
                                         "Use 1 on a shared, busy machine: multi-threaded small kernels slow down "
                                         "many times over when the cores are oversubscribed")
@@ -73,13 +79,17 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
         if args.quick:
             raise UsageError("--quick does not apply to growth (its budget per width is fixed; use --epochs, --widths)")
+        if args.fan_in or args.train_rows or args.test_rows:
+            raise UsageError("--fan-in, --train-rows and --test-rows apply to the scale experiment only")
         cells = growth_cells(seeds=args.seeds, epochs=args.epochs, datasets=args.datasets, models=args.algorithms,
                              densities=args.densities, widths=args.widths, paths=args.paths)
     else:
-        if args.widths or args.paths:
-            raise UsageError(f"--widths and --paths apply to the growth experiment only, not {args.experiment}")
+        if args.paths:
+            raise UsageError(f"--paths applies to the growth experiment only, not {args.experiment}")
         cells = build_cells(args.experiment, seeds=args.seeds, epochs=args.epochs, quick=args.quick,
-                            datasets=args.datasets, models=args.algorithms, densities=args.densities)
+                            datasets=args.datasets, models=args.algorithms, densities=args.densities,
+                            widths=args.widths, fan_in=args.fan_in, train_rows=args.train_rows,
+                            test_rows=args.test_rows)
     if args.no_download:
         for cell in cells:
             cell.options["download"] = False

@@ -42,7 +42,7 @@ MEMORY_HIDDEN = (4096, 4096)
 
 ACCURACY_EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "synthetic")
 EXPERIMENTS = ("kmnist", "fashion-mnist", "higgs", "induced-loss", "frequency", "depth", "woodtaylor", "timing",
-               "memory", "synthetic", "growth")
+               "memory", "synthetic", "growth", "scale")
 #: Experiments that take ``--dataset`` (the paper ran them on KMNIST; woodtaylor on both datasets).
 DEFAULT_DATASETS = {"induced-loss": ("kmnist",), "frequency": ("kmnist",), "depth": ("kmnist",),
                     "woodtaylor": ("kmnist", "higgs"), "timing": ("higgs",), "memory": ("kmnist",)}
@@ -61,7 +61,25 @@ DESCRIPTIONS = {
     "synthetic": "the accuracy grid on the generated task (seconds; for tests and smoke checks)",
     "growth": "exact vs sampled growth (Gradient, Gradient-Global, Loss) at 784-256-256-10 and 784-4096-4096-10, "
               "Fashion-MNIST practical preset (issue 15; redr.experiments.growth)",
+    "scale": "issue 15's width ladder: 784-W-W-10 at a constant fan-in, W = 4,096 ... 1,048,576, Redr-Random and "
+             "Redr-Gradient-Global, each in a fresh process (time, peak memory, accuracy, the dense twin's memory)",
 }
+
+#: ``scale``: the width ladder (two hidden layers of W neurons), its fan-in, algorithms and budget. Fan-in 16:
+#: the work and memory of a step are ``O(batch x fan-in x W)``, and 16 keeps the 1M-wide net (2 x 16.8M hidden
+#: weights) inside this machine's budget; the last layer is dense (``dense_last``) so every hidden neuron
+#: reaches the 10 outputs (10.5M weights at W = 1M; at fan-in 16 only 160 of W neurons would).
+SCALE_WIDTHS = (4096, 16384, 65536, 262144, 1048576)
+SCALE_FAN_IN = 16
+SCALE_MODELS = ("random", "gradient-global", "dense-neuron")
+#: Batch 128 bounds the activations of the 1M-wide net (each hidden activation is 128 x 1M floats = 512 MiB);
+#: the rest is the practical Fashion-MNIST preset (lr 3e-3, no augmentation), for every rung and the dense net.
+#: The loss right before/after a redistribution is measured on 512 rows, not 4096 (at W = 1M a forward pass of
+#: 4096 rows costs minutes, twice per redistribution).
+SCALE_SETTINGS = {"batch_size": 128, "augment": False, "induced_loss_rows": 512}
+SCALE_EPOCHS = 2
+#: The accuracy reference: the paper's 784-256-256-10 dense at the same settings and epochs.
+SCALE_DENSE_HIDDEN = (256, 256)
 
 
 @dataclass(frozen=True)
@@ -198,14 +216,75 @@ def check_choices(datasets: Sequence[str], seeds: Optional[int], epochs: Optiona
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
 
 
+def scale_cells(*, widths: Optional[Sequence[int]] = None, models: Optional[Sequence[str]] = None,
+                epochs: Optional[int] = None, fan_in: Optional[int] = None, seeds: Optional[int] = None,
+                dataset: str = "fashion-mnist", train_rows: Optional[int] = None,
+                test_rows: Optional[int] = None) -> list[Cell]:
+    """The ``scale`` ladder: every width x sparse algorithm, then the dense 784-256-256-10 reference (once),
+    in the order given (default: widths ascending); every run in a fresh process (``kind="scale"``).
+    ``train_rows``/``test_rows``: the first rows of each split only (named in the run: ``_r``/``_t``)."""
+    widths = list(dict.fromkeys(widths or SCALE_WIDTHS))
+    if any(not isinstance(w, int) or w < 1 for w in widths):
+        raise UsageError(f"--widths must be whole numbers >= 1, got {widths}")
+    models = _parse_scale_models(models)
+    fan_in = SCALE_FAN_IN if fan_in is None else fan_in
+    base = {"dataset": dataset, **SCALE_SETTINGS, "epochs": epochs or SCALE_EPOCHS}
+    rows = ""
+    for key, tag, value in (("train_rows", "r", train_rows), ("test_rows", "t", test_rows)):
+        if value is not None:
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{key.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+            base[key] = value
+            rows += f"_{tag}{value}"
+    cells = []
+    for seed in range(seeds or 1):
+        for width in widths:
+            for model in (m for m in models if m != "dense-neuron"):
+                options = {**base, "seed": seed, "model": "sparse", "algorithm": model, "hidden": [width, width],
+                           "fan_in": fan_in, "dense_last": True}
+                name = f"scale_{dataset}_{model}_w{width}_k{fan_in}{rows}_s{seed}"
+                cells.append(Cell(name=name, options=options, kind="scale", experiments=["scale"]))
+        if "dense-neuron" in models:
+            options = {**base, "seed": seed, "model": "dense-neuron", "algorithm": "none",
+                       "hidden": list(SCALE_DENSE_HIDDEN)}
+            name = f"scale_{dataset}_dense-neuron_h{'-'.join(map(str, SCALE_DENSE_HIDDEN))}{rows}_s{seed}"
+            cells.append(Cell(name=name, options=options, kind="scale", experiments=["scale"]))
+    return cells
+
+
+def _parse_scale_models(models: Optional[Sequence[str]]) -> list[str]:
+    if models is None:
+        return list(SCALE_MODELS)
+    bad = [m for m in models if m not in SCALE_MODELS]
+    if bad:
+        raise UsageError(f"--algorithms {', '.join(bad)}: not part of the scale experiment (it runs "
+                         f"{', '.join(SCALE_MODELS)})")
+    return list(dict.fromkeys(models))
+
+
 def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optional[int] = None, quick: bool = False,
                 datasets: Optional[Sequence[str]] = None, models: Optional[Sequence[str]] = None,
-                densities: Optional[Sequence[float]] = None) -> list[Cell]:
-    """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's)."""
+                densities: Optional[Sequence[float]] = None, widths: Optional[Sequence[int]] = None,
+                fan_in: Optional[int] = None, train_rows: Optional[int] = None,
+                test_rows: Optional[int] = None) -> list[Cell]:
+    """The runs of ``experiment``. ``models``/``densities`` restrict the grid (default: the paper's);
+    ``widths``/``fan_in``: the ``scale`` ladder's (:func:`scale_cells`)."""
     if experiment not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
     if experiment == "growth":  # its own module (it imports this one): redr.experiments.growth.growth_cells
         raise UsageError("the growth experiment's runs come from redr.experiments.growth.growth_cells")
+    if experiment != "scale" and any(v is not None for v in (widths, fan_in, train_rows, test_rows)):
+        raise UsageError(f"--widths applies to the growth and scale experiments only, --fan-in, --train-rows and "
+                         f"--test-rows to the scale experiment only; not to {experiment}")
+    if experiment == "scale":
+        if densities is not None or quick:
+            raise UsageError("--densities and --quick do not apply to scale (use --fan-in, --widths, --epochs)")
+        datasets = list(datasets or ["fashion-mnist"])
+        if len(datasets) != 1 or datasets[0] not in PRESETS:
+            raise UsageError(f"--dataset: scale runs on one dataset, e.g. fashion-mnist, got {', '.join(datasets)}")
+        check_choices(datasets, seeds, epochs)
+        return scale_cells(widths=widths, models=models, epochs=epochs, fan_in=fan_in, seeds=seeds, dataset=datasets[0],
+                           train_rows=train_rows, test_rows=test_rows)
     if experiment in ACCURACY_EXPERIMENTS:
         if datasets:
             raise UsageError(f"--dataset does not apply to {experiment} (the experiment is named after its dataset)")

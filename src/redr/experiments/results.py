@@ -15,14 +15,14 @@ from typing import Iterable, Optional
 from redr.training.config import PRESETS, paper_preset
 from redr.training.rundir import CONFIG_FILE, METRICS_FILE, read_metrics
 
-SMALL_FILES = (CONFIG_FILE, METRICS_FILE, "cell.json", "DONE", "FAILED")
+SMALL_FILES = (CONFIG_FILE, METRICS_FILE, "cell.json", "DONE", "FAILED", "scale.json")
 
 
 @dataclass
 class Run:
     name: str
     path: Path
-    kind: str  # train | timing | memory | memory-baseline
+    kind: str  # train | timing | memory | memory-baseline | scale
     status: str  # done | failed | incomplete
     config: dict
     info: dict

@@ -36,6 +36,10 @@ from redr.training.memory import memory_measuring_env
 from redr.training.rundir import CONFIG_FILE, DONE_FILE, METRICS_FILE, read_metrics, write_json_atomic
 
 CELL_FILE, FAILED_FILE = "cell.json", "FAILED"
+MEMORY_KINDS = ("memory", "memory-baseline")
+#: Kinds that run in a fresh Python process (their peak memory must be their own), and the module each runs.
+FRESH_PROCESS = {"memory": "redr.experiments.probe", "memory-baseline": "redr.experiments.probe",
+                 "scale": "redr.experiments.scale"}
 #: Settings that never change results: a run that differs only here is reused when finished. The preset
 #: only fills defaults, and every value it fills is compared on its own.
 IGNORED_ALWAYS = ("data_dir", "download", "preset")
@@ -128,7 +132,7 @@ def plan_grid(cells: Sequence[Cell], out: Path, device: str, data_dir: Optional[
             planned.append(PlannedRun(cell, config, "done", epochs_done=epochs_done))
         elif (run_dir / FAILED_FILE).exists() and not retry_failed:
             planned.append(PlannedRun(cell, config, "failed", _first_line(run_dir / FAILED_FILE)))
-        elif cell.kind in ("memory", "memory-baseline"):
+        elif cell.kind in MEMORY_KINDS:
             planned.append(PlannedRun(cell, config, "redo", "a memory peak must come from one fresh process"))
         elif saved != config.to_dict():
             planned.append(PlannedRun(cell, config, "redo", "interrupted, and started with another device/data dir"))
@@ -240,8 +244,9 @@ def run_grid(cells: Sequence[Cell], out: str | os.PathLike, *, device: Optional[
         try:
             _write_cell(run_dir, p.cell)
             (run_dir / FAILED_FILE).unlink(missing_ok=True)
-            if p.cell.kind in ("memory", "memory-baseline"):
-                run_in_fresh_process(p.cell, p.config, run_dir, run_log, threads)
+            if p.cell.kind in FRESH_PROCESS:
+                run_in_fresh_process(p.cell, p.config, run_dir, run_log, threads,
+                                     resume=p.state == "resume", command=command)
             else:
                 execute(p, run_dir, progress=progress, log=run_log, command=command)
         except KeyboardInterrupt:
@@ -298,18 +303,27 @@ def execute(p: PlannedRun, run_dir: Path, *, progress: bool, log, command) -> No
     train(p.config, run_dir, overwrite=True, progress=progress, log=log, command=command)
 
 
-def run_in_fresh_process(cell: Cell, config: RunConfig, run_dir: Path, log, threads: Optional[int] = None) -> None:
-    """A memory run (or the baseline) in its own Python process, so that its peak is its own."""
+def run_in_fresh_process(cell: Cell, config: RunConfig, run_dir: Path, log, threads: Optional[int] = None, *,
+                         resume: bool = False, command: Optional[list] = None) -> None:
+    """A memory run (or the baseline) or a scale run in its own Python process, so that its peak is its own;
+    its output lines are passed to ``log`` as they come (a scale run's epoch takes many minutes)."""
     request = {"config": config.to_dict(), "out": str(run_dir), "baseline": cell.kind == "memory-baseline",
-               "threads": threads}
-    proc = subprocess.run([sys.executable, "-m", "redr.experiments.probe", json.dumps(request)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=memory_measuring_env())
-    for line in proc.stdout.splitlines():
-        if line.strip() and not line.startswith("\r"):
-            log(line)
-    if proc.returncode != 0:
-        tail = [line for line in proc.stdout.strip().splitlines() if line.strip()][-1:] or ["no output"]
-        raise RuntimeError(f"memory probe exited with {proc.returncode}: {tail[0]}")
+               "threads": threads, "resume": resume, "command": command}
+    module = FRESH_PROCESS[cell.kind]
+    proc = subprocess.Popen([sys.executable, "-m", module, json.dumps(request)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=memory_measuring_env())
+    last = "no output"
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.strip() and not line.startswith("\r"):
+                last = line
+                log(line)
+    finally:
+        code = proc.wait()
+    if code != 0:
+        what = "memory probe" if cell.kind in MEMORY_KINDS else f"{cell.kind} run"
+        raise RuntimeError(f"{what} exited with {code}: {last}")
 
 
 def record_invocation(out: Path, entry: dict) -> None:

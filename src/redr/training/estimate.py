@@ -57,11 +57,17 @@ class LayerSize:
         return self.index_bytes * (3 * self.nnz + self.out_features + self.in_features + 2)
 
 
+#: When a part is held: always (the model and its training state), during a training step (its activations),
+#: or during a redistribution (the algorithm's extra). A step and a redistribution never overlap.
+PHASES = ("always", "step", "redistribution")
+
+
 @dataclass(frozen=True)
 class Part:
     name: str
     bytes: int
     fix: str  # what to change to make this part smaller
+    phase: str = "always"
 
 
 @dataclass
@@ -76,9 +82,14 @@ class MemoryEstimate:
     def persistent_bytes(self) -> int:
         return self.part("values") + self.part("indices")
 
+    def phase_bytes(self, phase: str) -> int:
+        return sum(p.bytes for p in self.parts if p.phase == phase)
+
     @property
     def total_bytes(self) -> int:
-        return sum(p.bytes for p in self.parts)
+        """What is held at once: the persistent parts plus the larger of a step's and a redistribution's extra
+        (the redistribution runs between epochs, after the last step's activations are freed)."""
+        return self.phase_bytes("always") + max(self.phase_bytes("step"), self.phase_bytes("redistribution"))
 
     def biggest(self) -> Part:
         return max(self.parts, key=lambda p: p.bytes)
@@ -138,7 +149,7 @@ def estimate_run(config, num_features: int, num_outputs: int) -> MemoryEstimate:
                   f"use {net} (int64 indices from 2**31 weights per layer on: double the bytes)"),
              Part("gradients", FLOAT * params, f"use {net}"),
              Part("optimizer", 2 * FLOAT * params + 4 * tensors, f"use {net} (Adam keeps two moments per weight)"),
-             Part("activations", activation_bytes(layers, config.batch_size), "use a smaller --batch-size")]
+             Part("activations", activation_bytes(layers, config.batch_size), "use a smaller --batch-size", "step")]
     if config.model == "sparse" and config.algorithm != "none":
         parts += _algorithm_parts(config, [l for l in layers if l.nnz is not None], layers, net)
     return MemoryEstimate(parts, layers)
@@ -164,10 +175,12 @@ def _algorithm_parts(config, sparse: list[LayerSize], layers: list[LayerSize], n
     # new values and moments; the plan: a removal and a (row, col) growth per moved weight
     rebuild = largest.nnz * (3 * key_bytes + 2 * 8 + 1 + 3 * FLOAT)
     parts = [Part("topology change", 3 * largest.index_bytes * sum(moved) + rebuild,
-                  f"use {net} (a redistribution briefly holds the largest layer twice), or a smaller --alpha0")]
+                  f"use {net} (a redistribution briefly holds the largest layer twice), or a smaller --alpha0",
+                  "redistribution")]
     if algorithm.needs_batches:
         rows = config.batch_size * config.redistribution_batches
-        parts.append(Part("gradient pass", activation_bytes(layers, rows), "use fewer --redistribution-batches"))
+        parts.append(Part("gradient pass", activation_bytes(layers, rows), "use fewer --redistribution-batches",
+                          "redistribution"))
         path = getattr(getattr(algorithm, "growth", None), "path", None)
         if path is not None and path.sampled(sparse):
             global_scope = config.algorithm == "gradient-global"
@@ -175,12 +188,12 @@ def _algorithm_parts(config, sparse: list[LayerSize], layers: list[LayerSize], n
             parts.append(Part("candidates", CANDIDATE_BYTES * math.ceil(path.candidates * held) if
                               math.isfinite(path.candidates) else CANDIDATE_BYTES * sum(l.out_features * l.in_features
                                                                                         for l in sparse),
-                              "use fewer --candidates"))
+                              "use fewer --candidates", "redistribution"))
         else:
             tile = 3 * FLOAT * options["tile_rows"] * max(l.in_features for l in sparse)
             k = sum(moved) if config.algorithm == "gradient-global" else max(moved)
             parts.append(Part("gradient tiles", tile + TOPK_BYTES * (k + max(k // 4, 65536)),
-                              "use a smaller --tile-rows, or --growth sampled"))
+                              "use a smaller --tile-rows, or --growth sampled", "redistribution"))
     if "block_size" in options:
         b = options["block_size"]
         blocks = sum(math.ceil(l.nnz / b) for l in sparse)

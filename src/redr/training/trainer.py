@@ -140,8 +140,10 @@ class Trainer:
 
         Chunks default to ``max(batch_size, EVAL_CHUNK_ROWS)`` rows: evaluation then needs about the activation
         memory of a training step, not more (a 4096-wide net's activations for 8,192 rows are 128 MiB each,
-        which would make evaluation, not training, set the run's peak memory)."""
-        chunk = chunk or max(self.config.batch_size, EVAL_CHUNK_ROWS)
+        which would make evaluation, not training, set the run's peak memory); nets wider than 4096 use
+        proportionally fewer rows (a 1M-wide one: the batch), down to the batch size."""
+        widest = max(self.summary.sizes or [1])  # wider than 4096: fewer rows, so no chunk outgrows a training step
+        chunk = chunk or max(self.config.batch_size, min(EVAL_CHUNK_ROWS, EVAL_CHUNK_ROWS * 4096 // widest))
         was = self.model.training
         self.model.eval()
         loss_sum, correct = 0.0, 0

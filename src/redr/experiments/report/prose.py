@@ -12,6 +12,9 @@ DEVIATIONS = ("Every place where redr reads the paper one way among several, or 
               "baselines, the collapse guard, the dampening, the data used, ...), is listed with its reason, code and test "
               "in [docs/deviations.md](../../docs/deviations.md).")
 
+SCALE_NOTES = ("Seconds, bytes and accuracies are what each run measured on the machine named below, one seed; a "
+               "shared machine's load changes the seconds (see the commands' notes).")
+
 NUMBERS = ("Numbers are test accuracy in percent, mean ± std over seeds (sample std; 0 with one seed), of the run's "
            "last epoch (\"final\") or its best epoch (\"best\").")
 
