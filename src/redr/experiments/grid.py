@@ -198,8 +198,9 @@ def build_cells(experiment: str, *, seeds: Optional[int] = None, epochs: Optiona
     else:
         datasets = list(datasets or DEFAULT_DATASETS[experiment])
         for name in datasets:
-            if name not in PRESETS:
-                raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(PRESETS)}")
+            named = [p for p, options in PRESETS.items() if options["dataset"] == p]  # not fashion-mnist-cnn
+            if name not in named:
+                raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(named)}")
     if seeds is not None and seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:
