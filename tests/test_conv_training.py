@@ -64,3 +64,20 @@ def test_arch_cnn_refuses_non_image_data_and_dense_param(capsys):
     config = RunConfig.from_options(dataset="fashion-mnist", arch="cnn", model="dense-param", epochs=1)
     with pytest.raises(redr.errors.UsageError, match="dense-neuron"):
         build_model(config, 784, 10, torch.Generator(), "cpu")
+
+
+def test_arch_cnn_on_fashion_mnist_starts_from_the_cnn_preset():
+    from redr.training.config import RunConfig
+
+    chosen = dict(arch="cnn", batch_size=128, lr=3e-3, epochs=15, augment=False, dense_last=False, init="kaiming")
+    for options in (dict(dataset="fashion-mnist", arch="cnn"), dict(preset="fashion-mnist-cnn")):
+        config = RunConfig.from_options(**options)
+        assert config.preset == "fashion-mnist-cnn" and config.dataset == "fashion-mnist"
+        assert {name: getattr(config, name) for name in chosen} == chosen
+    # the MLP and an explicit --preset keep theirs; a dataset without a CNN preset keeps its own
+    assert RunConfig.from_options(dataset="fashion-mnist").batch_size == 256
+    assert RunConfig.from_options(dataset="fashion-mnist").arch == "mlp"
+    explicit = RunConfig.from_options(dataset="fashion-mnist", arch="cnn", preset="fashion-mnist")
+    assert (explicit.preset, explicit.batch_size, explicit.epochs) == ("fashion-mnist", 256, 20)
+    assert RunConfig.from_options(dataset="kmnist", arch="cnn").preset == "kmnist"
+    assert RunConfig.from_options(preset="fashion-mnist-cnn", model="dense-neuron").algorithm == "none"

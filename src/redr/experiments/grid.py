@@ -207,9 +207,10 @@ def _densities_for(model: str, densities, allowed, experiment: str) -> list[floa
 
 def check_choices(datasets: Sequence[str], seeds: Optional[int], epochs: Optional[int]) -> None:
     """The choices every experiment takes: known datasets, at least one seed and one epoch."""
+    named = [p for p, options in PRESETS.items() if options["dataset"] == p]  # not fashion-mnist-cnn
     for name in datasets:
-        if name not in PRESETS:
-            raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(PRESETS)}")
+        if name not in named:
+            raise UsageError(f"--dataset {name}: unknown; choose from {', '.join(named)}")
     if seeds is not None and seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     if epochs is not None and epochs < 1:

@@ -53,8 +53,9 @@ def add_parser(subparsers) -> None:
     a = p.add_argument
     a("--dataset", choices=list(DATASET_NAMES), help="dataset (default: the preset's)")
     a("--preset", choices=list(PRESETS), help="the setup to start from: kmnist and higgs are the paper's, fashion-mnist a practical one "
-                                             "(the paper's on Fashion-MNIST: --preset kmnist) (default: the preset named like "
-                                             f"--dataset; without --dataset, {d('preset')})")
+                                             "(the paper's on Fashion-MNIST: --preset kmnist), fashion-mnist-cnn the practical "
+                                             "one for --arch cnn (default: the preset named like --dataset, with --arch cnn "
+                                             f"fashion-mnist-cnn; without --dataset, {d('preset')})")
     a("--model", choices=list(MODEL_KINDS), help=f"sparse, or a dense baseline (default {d('model')})")
     a("--algorithm", help=f"redistribution algorithm: {', '.join(ALGORITHMS)} (default {d('algorithm')} for a sparse "
                           "model, none for a dense one)")
