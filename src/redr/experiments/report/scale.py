@@ -129,7 +129,9 @@ def scale_figure(table: Table):
     twin = sorted({(r["width"], r["dense_twin_bytes"]) for r in sparse if r["dense_twin_bytes"]})
     if twin:
         ax_m.plot([w for w, _ in twin], [b / GIB for _, b in twin], "k--", label="dense twin: weights + Adam (computed)")
-    for ax, title, unit in ((ax_t, "seconds per epoch (training)", "s"), (ax_m, "peak resident memory", "GiB")):
+    rows = sorted({r["train_rows"] for r in sparse if r.get("train_rows")})
+    per = f"{rows[0]:,}-row epoch" if len(rows) == 1 else "epoch"  # the rows an epoch had, when the runs agree
+    for ax, title, unit in ((ax_t, f"seconds per {per} (training)", "s"), (ax_m, "peak resident memory", "GiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("hidden width W (784-W-W-10)")
